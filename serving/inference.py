@@ -1,0 +1,316 @@
+"""The model side of the inference service, free of Ray and HTTP: safe image decoding, the classifier
+(preprocess -> forward -> softmax -> top-k) and the holder that follows a registry alias.
+
+The Serve deployment (serving/app.py) and the plain FastAPI + uvicorn baseline of
+benchmarks/serve.py both run these, so the two are compared on the same work.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from serving.config import ServeConfig
+
+log = logging.getLogger("zoo.serving")
+
+# Only these decoders are ever tried: a body in any other format (TIFF, BMP, PSD, ...) is refused
+# before a less-exercised decoder sees it.
+FORMATS = ("PNG", "JPEG", "WEBP")
+CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
+
+# A truncated image must fail, never be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class InputError(ValueError):
+    """A request the service refuses; ``status`` is the HTTP status, ``code`` a stable error name."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "bad_request"):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make PIL itself refuse decompression bombs too: it warns above MAX_IMAGE_PIXELS and raises
+    DecompressionBombError above twice that, at open time (a second line behind decode_image's check)."""
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def decode_image(data: bytes, *, max_pixels: int, what: str = "the body") -> np.ndarray:
+    """Decode a PNG, JPEG or WebP image to uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (colour).
+
+    The size is read from the header and checked against ``max_pixels`` before any pixel is decoded
+    (decompression bombs); truncated or corrupt files raise. Every refusal is an :class:`InputError`.
+    """
+    if not data:
+        raise InputError(f"{what} is empty: send a PNG, JPEG or WebP image", 400, "empty_image")
+    try:
+        with warnings.catch_warnings():  # sizes between the limit and twice it are refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{what}: image too large ({exc})", 413, "image_too_large") from None
+    except Image.UnidentifiedImageError:
+        if _looks_like_image(data):
+            raise InputError(
+                f"{what} is in an image format the service does not take: send PNG, JPEG or WebP",
+                415,
+                "unsupported_image_format",
+            ) from None
+        raise InputError(f"{what} is not a PNG, JPEG or WebP image", 400, "not_an_image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{what}: unreadable image header ({exc})", 400, "not_an_image") from None
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise InputError(f"{what}: image has no pixels ({width}x{height})", 400, "not_an_image")
+        if width * height > max_pixels:
+            raise InputError(
+                f"{what}: image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                "pixels: resize it before sending",
+                413,
+                "image_too_large",
+            )
+        try:
+            img.load()
+            grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
+            arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{what}: image too large ({exc})", 413, "image_too_large") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise InputError(
+                f"{what} is a truncated or corrupt {img.format} image ({exc})", 400, "corrupt_image"
+            ) from None
+    return arr
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """True for the magic numbers of common image formats the service does not take (GIF, BMP, TIFF)."""
+    return data[:6] in (b"GIF87a", b"GIF89a") or data[:2] == b"BM" or data[:4] in (b"II*\x00", b"MM\x00*")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k of one image, with the model version that computed it."""
+
+    name: str
+    version: int
+    classes: list[str]
+    probabilities: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predictions": [
+                {"class": c, "probability": round(p, 6)} for c, p in zip(self.classes, self.probabilities)
+            ],
+            "model": {"name": self.name, "version": self.version},
+        }
+
+
+def pick_device() -> torch.device:
+    """CUDA when this process sees a GPU (a Serve replica with num_gpus > 0), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Classifier:
+    """One loaded model version: ``predict`` runs the input contract of its spec, the forward pass and
+    a softmax top-k. Immutable once built, so a batch that holds it is unaffected by a model switch."""
+
+    model: torch.nn.Module
+    spec: Any  # zoo.artifacts.ModelSpec
+    record: Any  # zoo.registry.ModelRecord
+    device: torch.device
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def version(self) -> int:
+        return int(self.record.version)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], top_k: int | Sequence[int]) -> list[Prediction]:
+        """Classify decoded images (uint8 HxW or HxWxC, any sizes); ``top_k`` per image or for all."""
+        from zoo.artifacts import preprocess
+
+        if not images:
+            return []
+        ks = [top_k] * len(images) if isinstance(top_k, int) else list(top_k)
+        n_classes = len(self.spec.classes)
+        x = preprocess(list(images), self.spec.input).to(self.device, non_blocking=True)
+        probs = torch.softmax(self.model(x).float(), dim=1)
+        k_max = min(max(ks), n_classes)
+        values, indices = probs.topk(k_max, dim=1)
+        values, indices = values.cpu().tolist(), indices.cpu().tolist()
+        out = []
+        for row_v, row_i, k in zip(values, indices, ks):
+            k = min(k, n_classes)
+            out.append(
+                Prediction(self.name, self.version, [self.spec.classes[i] for i in row_i[:k]], row_v[:k])
+            )
+        return out
+
+    def warm_up(self) -> None:
+        """One forward pass on a blank image, so the first request does not pay for lazy initialisation."""
+        s = self.spec.input
+        shape = (s.height, s.width) if s.channels == 1 else (s.height, s.width, 3)
+        self.predict([np.zeros(shape, dtype=np.uint8)], 1)
+
+    def info(self) -> dict[str, Any]:
+        """What GET /v1/model returns about this version."""
+        rec, spec = self.record, self.spec
+        metadata = dict(spec.metadata or {})
+        lineage = metadata.get("lineage")
+        if lineage is None and "lineage" in rec.tags:
+            lineage = _maybe_json(rec.tags["lineage"])
+        return {
+            "name": rec.name,
+            "version": self.version,
+            "uri": f"models:/{rec.name}/{self.version}",
+            "aliases": list(rec.aliases),
+            "arch": spec.arch,
+            "classes": list(spec.classes),
+            "input": _input_dict(spec.input),
+            "lineage": {
+                **(lineage if isinstance(lineage, dict) else {"lineage": lineage} if lineage else {}),
+                "run_id": rec.run_id,
+                "source": rec.source,
+                "created_at": rec.created_at,
+                "description": rec.description,
+            },
+            "tags": dict(rec.tags),
+            "device": str(self.device),
+            "loaded_at": self.loaded_at,
+        }
+
+
+def _maybe_json(value: str) -> Any:
+    import json
+
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _input_dict(spec_input: Any) -> dict[str, Any]:
+    names = ("channels", "height", "width", "mean", "std")
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k in names
+        if (v := getattr(spec_input, k, None)) is not None
+    }
+
+
+def load_classifier(
+    registry: Any,
+    name: str,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    device: torch.device | None = None,
+) -> Classifier:
+    """Load a registered version through the zoo's safe loader (allow-listed architectures, safetensors,
+    SHA-256 checked) and warm it up."""
+    device = device or pick_device()
+    model, spec, record = registry.load(name, version=version, alias=alias, device=str(device))
+    model.eval()
+    clf = Classifier(model=model, spec=spec, record=record, device=device)
+    clf.warm_up()
+    return clf
+
+
+class ChampionTracker:
+    """Holds the :class:`Classifier` of ``models:/<name>@<alias>`` and follows the alias.
+
+    ``refresh`` re-resolves the alias; when it points elsewhere the new version is loaded and warmed up
+    first, then swapped in by replacing one reference. Work that already took ``current`` (a running
+    batch) finishes on the old object; the next batch gets the new one. No request fails on a switch.
+    A failed refresh (registry down, damaged artifact) keeps the current model and is reported in
+    ``last_error``.
+    """
+
+    def __init__(self, cfg: ServeConfig, device: torch.device | None = None):
+        from zoo.registry import Registry
+
+        self.cfg = cfg
+        self.device = device or pick_device()
+        self.registry = Registry(cfg.tracking_uri or None, cache_dir=cfg.cache_dir or None)
+        self.current: Classifier = load_classifier(
+            self.registry, cfg.name, alias=cfg.alias, device=self.device
+        )
+        self.last_error: str | None = None
+        self.last_check: float = time.time()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> dict[str, Any]:
+        """Re-resolve the alias and switch when it moved. Returns what happened."""
+        with self._lock:  # one load at a time (poll and /v1/reload may race)
+            previous = self.current.version
+            try:
+                record = self.registry.get(self.cfg.name, alias=self.cfg.alias)
+                if record.version != previous:
+                    new = load_classifier(
+                        self.registry, self.cfg.name, version=record.version, device=self.device
+                    )
+                    self.current = new  # the swap: one reference assignment
+                    log.info("switched %s from version %s to %s", self.cfg.model_ref, previous, new.version)
+                self.last_error = None
+            except Exception as exc:  # keep serving the model we have
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("could not refresh %s: %s", self.cfg.model_ref, self.last_error)
+                raise
+            finally:
+                self.last_check = time.time()
+            return {
+                "previous": previous,
+                "version": self.current.version,
+                "switched": self.current.version != previous,
+            }
+
+    def start_polling(self, interval_s: float) -> None:
+        """Refresh every ``interval_s`` seconds in a daemon thread (registry calls block)."""
+        if interval_s <= 0 or self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # already logged and kept in last_error
+                    pass
+
+        self._thread = threading.Thread(target=loop, name="zoo-champion-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "alias": self.cfg.alias,
+            "poll_interval_s": self.cfg.poll_interval_s,
+            "last_check": self.last_check,
+            "last_error": self.last_error,
+        }
