@@ -20,6 +20,8 @@ settings.load_profile("zoo")
 # Token auth is on by default in Ray 2.60; tests talk to their own local cluster only.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray gives a raylet 30 s to start; on a loaded 2-core machine that was measured to be too short.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # One torch thread per process: on 2 cores shared with Ray workers, more threads only contend (a tiny
