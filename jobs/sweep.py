@@ -79,19 +79,19 @@ def _student(job_cfg, run_dir: Path, registry, log):
 
 def _eval_set(args, job_cfg, space, registry, log):
     """Labelled validation images over the union classes, or None (the proxy ranks the trials)."""
-    from zoo.pipeline.job import _eval_from_folder, _eval_from_split, _load_split
+    from zoo.pipeline.job import eval_from_folder, eval_from_split, load_zoo_split
     from zoo.pipeline.training import EvalSet
 
     if args.no_labels:
         return None
     if args.eval or job_cfg.eval:
-        ev = _eval_from_folder(args.eval or job_cfg.eval, space)
+        ev = eval_from_folder(args.eval or job_cfg.eval, space)
     else:
-        split = _load_split(job_cfg.zoo, registry)
+        split = load_zoo_split(job_cfg.zoo, registry)
         if split is None:
             log("[sweep] no labelled set (--eval DIR) and no demo split: ranking by the label-free proxy")
             return None
-        ev = _eval_from_split(split, space)
+        ev = eval_from_split(split, space)
     log(f"[sweep] {len(ev.labels)} labelled validation images from {ev.source}")
     return EvalSet(ev.images, ev.labels)
 
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from zoo.pipeline.job import JobError, _init_ray, job_home
+    from zoo.pipeline.job import JobError, init_ray, job_home
     from zoo.pipeline.sweep import run_sweep
     from zoo.registry import Registry, default_tracking_uri
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (JobError, ValueError, LookupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    started = _init_ray(job_cfg, print)
+    started = init_ray(job_cfg, print)
     try:
         res = run_sweep(
             sweep_cfg,

@@ -159,7 +159,7 @@ def test_bad_inputs_stop_before_compute(tiny_zoo, capsys: pytest.CaptureFixture,
     def no_ray(*a, **k):
         raise AssertionError("the job reached Ray although its input is bad")
 
-    monkeypatch.setattr(job, "_init_ray", no_ray)
+    monkeypatch.setattr(job, "init_ray", no_ray)
     cfg = ["--config", str(tiny_zoo["config"])]
     run_dir = tiny_zoo["tmp"] / "run"
     before = sorted(p.name for p in run_dir.glob("*.parquet"))

@@ -75,6 +75,8 @@ class UnifyConfig:
     # run
     run_dir: str | None = None  # default runs/<name>
     force: bool = False
+    sweep: bool = False  # sweep method x mode x T x lr first (Ray Tune, docs/sweep.md); the best trains
+    sweep_config: str | None = None  # sweep YAML (default: the built-in grid)
     tracking_uri: str | None = None
     experiment: str = "unify"
     ray_address: str | None = None
@@ -83,7 +85,7 @@ class UnifyConfig:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         from zoo.unify import METHODS, MODES
 
         self.method = self.method.lower()
@@ -116,7 +118,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
+def coerce(key: str, value: Any, tp: Any) -> Any:
     """Check (and gently coerce: int -> float, "3" -> 3 for flags) `value` against the type `tp`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -128,7 +130,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(key, value, a)
+                return coerce(key, value, a)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
@@ -165,12 +167,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         kt, vt = typing.get_args(tp)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(f"{key} key", k, kt): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
+        return {coerce(f"{key} key", k, kt): coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in the dataclass
 
 
@@ -251,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-spv", dest="spv", action="store_const", const=False, help="skip the SPV benchmark")
     add("--run-dir", help="run directory (default runs/<name>)")
     add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
+    add(
+        "--sweep", action="store_const", const=True, help="sweep method x mode x T x lr first (docs/sweep.md)"
+    )
+    add(
+        "--sweep-config", help="sweep YAML (default: the built-in grid; configs/sweep-full.yaml: the paper's)"
+    )
     add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
     add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
     return p

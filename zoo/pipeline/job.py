@@ -191,7 +191,7 @@ def _demo_dataset(split: Any) -> Any:
     return _DATASETS[key]
 
 
-def _load_split(zoo: str, registry: Any):
+def load_zoo_split(zoo: str, registry: Any):
     """The demo split of `zoo`, or None when the zoo has none (not a demo zoo)."""
     try:
         from zoo.pipeline.make_zoo import load_split
@@ -208,7 +208,7 @@ def _load_split(zoo: str, registry: Any):
 
 
 # ------------------------------------------------------------------------------------- eval set
-def _eval_from_folder(path: str, space: LabelSpace) -> EvalData:
+def eval_from_folder(path: str, space: LabelSpace) -> EvalData:
     from zoo.data import ImageDecodeError, read_image, read_image_folder
 
     try:
@@ -240,7 +240,7 @@ def _eval_from_folder(path: str, space: LabelSpace) -> EvalData:
     return EvalData(images, np.asarray(index, dtype=np.int64)[labels], f"ImageFolder {path}")
 
 
-def _eval_from_split(split: Any, space: LabelSpace) -> EvalData:
+def eval_from_split(split: Any, space: LabelSpace) -> EvalData:
     ds = _demo_dataset(split)
     images, labels = split.eval_set(ds.images_test, ds.labels_test, classes=split.union_classes)
     # Keep the classes of the label space (all of them unless a subset of the demo teachers was picked).
@@ -306,7 +306,7 @@ def job_home() -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ ray
-def _init_ray(cfg: UnifyConfig, log: Callable[[str], None]) -> bool:
+def init_ray(cfg: UnifyConfig, log: Callable[[str], None]) -> bool:
     """Join the job's cluster (`ray job submit` sets RAY_ADDRESS), the given address, or a running
     local cluster; else start a local one with enough logical CPUs that Data read tasks and Train
     workers are never starved by actors (RAY-NOTES). Returns True when this call started Ray."""
@@ -334,7 +334,7 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
 
     def start_ray() -> None:
         if not ray_started:
-            ray_started.append(_init_ray(cfg, log))
+            ray_started.append(init_ray(cfg, log))
 
     try:
         return _run_unify(cfg, log, start_ray)
@@ -375,7 +375,9 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
     )
     mask = space.mask
     log(f"[teachers] {len(teachers)} teachers, {space.num_classes} union classes: {list(space.classes)}")
-    split = _load_split(cfg.zoo, registry) if (cfg.transfer is None or cfg.eval is None or cfg.spv) else None
+    split = (
+        load_zoo_split(cfg.zoo, registry) if (cfg.transfer is None or cfg.eval is None or cfg.spv) else None
+    )
     # The demo split describes the whole demo zoo: SPV only when its teachers are exactly the ones used.
     whole_demo_zoo = split is not None and not cfg.teachers and not cfg.tags
 
@@ -392,9 +394,9 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             "pass --transfer DIR (images) or a Parquet file"
         )
     if cfg.eval is not None:
-        ev = _eval_from_folder(cfg.eval, space)
+        ev = eval_from_folder(cfg.eval, space)
     elif split is not None:
-        ev = _eval_from_split(split, space)
+        ev = eval_from_split(split, space)
     else:
         raise JobError(
             "no evaluation set: pass --eval DIR, a labelled ImageFolder whose class directories are "
@@ -485,6 +487,31 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         "inference", STAGE_VERSION["inference"], lineage_teachers, transfer_fp, space.to_dict()
     )
     stages["inference"] = run_stage("inference", run.logits, logits_fp, infer, force=cfg.force, log=log)
+
+    # ---- 3b. optional sweep (Ray Tune on the cached logits): its best config drives the final student
+    if cfg.sweep:
+        import dataclasses
+
+        from zoo.pipeline.sweep import load_sweep_config, run_sweep
+        from zoo.pipeline.training import EvalSet
+
+        start_ray()
+        best = run_sweep(
+            load_sweep_config(cfg.sweep_config),
+            run.root,
+            student=scfg,
+            eval_set=EvalSet(ev.images, ev.labels),
+            tracking_uri=tracking_uri,
+            experiment=cfg.experiment,
+            force=cfg.force,
+            log=log,
+        ).best_config
+        log(f"sweep: best config {best}")
+        cfg.method, cfg.mode = best["method"], best["mode"]
+        cfg.temperature, cfg.lr = float(best["temperature"]), float(best["lr"])
+        scfg = dataclasses.replace(
+            scfg, method=cfg.method, mode=cfg.mode, temperature=cfg.temperature, lr=cfg.lr
+        )
 
     # ---- 4. soft_labels.parquet (E, BS)
     if cfg.mode == "bp":

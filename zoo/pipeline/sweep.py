@@ -88,12 +88,12 @@ class SweepConfig:
     verbose: int = 1  # Tune's console progress (0 silent, 1 status table, 2 every result)
 
     def __post_init__(self) -> None:
-        from zoo.config import _coerce  # the job config's typed checks, reused
+        from zoo.config import coerce  # the job config's typed checks, reused
         from zoo.unify import METHODS, MODES
 
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         self.methods = [m.strip().lower().replace("_", "-") for m in self.methods]
         self.modes = [m.strip().lower() for m in self.modes]
         bad = [m for m in self.methods if m not in METHODS]
@@ -264,14 +264,14 @@ def train_trial(
     student's (`zoo.pipeline.training`), so a trial is a short run of the final job.
     """
     from zoo.architectures import build_model
-    from zoo.pipeline.training import _loss_fn, epoch_order, lr_at
+    from zoo.pipeline.training import epoch_order, lr_at, make_loss
     from zoo.proxy import proxy_scores
     from zoo.train import evaluate, pick_device, predict_logits
 
     dev = pick_device(device)
     cfg = {**student.to_dict(), **dict(trial), "epochs": int(epochs)}
     targets = trial_targets(data, cfg["method"], cfg["mode"], cfg["temperature"])
-    loss_fn = _loss_fn(cfg, targets, dev)
+    loss_fn = make_loss(cfg, targets, dev)
     spec = student.input
     # Same initial weights and batches for every trial (paper 001, Sec. 4.1.1).
     torch.manual_seed(cfg["seed"])

@@ -297,7 +297,7 @@ def load_targets(
     return {"logits": logits, "mask": mask}
 
 
-def _loss_fn(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device):
+def make_loss(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device):
     """loss(student_logits, idx) for a batch of transfer-set indices (the targets live on ``device``)."""
     from zoo.unify import soft_cross_entropy, unify_loss
 
@@ -324,7 +324,10 @@ def epoch_order(n: int, seed: int, epoch: int, world_size: int, rank: int) -> to
 
 
 def lr_at(cfg: dict[str, Any], epoch: int) -> float:
-    return cfg["lr"] * (0.1 if epoch >= int(cfg["epochs"] * cfg["lr_step_at"]) else 1.0)
+    """The paper's schedule (Sec. 4.1.1): lr for the first part, lr/10 from epoch epochs * lr_step_at on.
+    A run too short to have a first part (e.g. 1 epoch) keeps lr throughout."""
+    step = int(cfg["epochs"] * cfg["lr_step_at"])
+    return cfg["lr"] * (0.1 if 0 < step <= epoch else 1.0)
 
 
 # ---------------------------------------------------------------------------------------- worker
@@ -428,7 +431,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ids, images = load_transfer_images(config["transfer_path"], spec)
     targets = load_targets(config["targets_path"], ids, config["classes"], cfg["mode"], cfg["method"])
     images = images.to(device)
-    loss_fn = _loss_fn(cfg, targets, device)
+    loss_fn = make_loss(cfg, targets, device)
     eval_images = eval_labels = None
     if rank == 0 and config["eval_set"] is not None:
         ev_images, ev_labels = ray.get(config["eval_set"])
