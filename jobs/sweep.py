@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,25 +55,16 @@ def _student(job_cfg, run_dir: Path, registry, log):
     common one, as the main job picks it)."""
     from zoo.artifacts import InputSpec
     from zoo.pipeline.inference import read_logits
-    from zoo.pipeline.training import StudentConfig
+    from zoo.pipeline.job import common_input, student_config
 
     lf = read_logits(run_dir / "logits.parquet")
     if job_cfg.student_input:
         spec = InputSpec(**job_cfg.student_input)
     else:
-        specs = [registry.get(t["name"], version=int(t["version"])).spec.input for t in lf.teachers]
-        spec = max(Counter(specs).items(), key=lambda kv: (kv[1], kv[0].height * kv[0].width))[0]
-    student = StudentConfig(
-        arch=job_cfg.arch,
-        arch_kwargs=dict(job_cfg.arch_kwargs),
-        input=spec,
-        epochs=job_cfg.epochs,
-        lr=job_cfg.lr,
-        batch_size=job_cfg.batch_size,
-        seed=job_cfg.seed,
-        optimizer=job_cfg.optimizer,
-    )
-    return student, lf.label_space
+        spec = common_input(
+            [registry.get(t["name"], version=int(t["version"])).spec.input for t in lf.teachers], log
+        )
+    return student_config(job_cfg, spec), lf.label_space
 
 
 def _eval_set(args, job_cfg, space, registry, log):

@@ -435,9 +435,12 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
 
     # ---- student config (checked before compute: unknown arch, bad input spec)
     from zoo.artifacts import InputSpec
-    from zoo.pipeline.training import StudentConfig
 
-    student_input = InputSpec(**cfg.student_input) if cfg.student_input else _common_input(teachers, log)
+    student_input = (
+        InputSpec(**cfg.student_input)
+        if cfg.student_input
+        else common_input([t.spec.input for t in teachers], log)
+    )
     try:
         from zoo.architectures import build_model
 
@@ -448,19 +451,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             image_size=(student_input.height, student_input.width),
             **cfg.arch_kwargs,
         )
-        scfg = StudentConfig(
-            arch=cfg.arch,
-            arch_kwargs=dict(cfg.arch_kwargs),
-            input=student_input,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            method=cfg.method,
-            mode=cfg.mode,
-            temperature=cfg.temperature,
-            seed=cfg.seed,
-            optimizer=cfg.optimizer,
-        )
+        scfg = student_config(cfg, student_input)
     except (ValueError, TypeError) as e:
         raise JobError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
 
@@ -755,10 +746,28 @@ def _log_params(client: Any, run_id: str, cfg: UnifyConfig, transfer_fp: str, ev
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
-def _common_input(teachers: Sequence[Teacher], log: Callable[[str], None]):
-    """The student's input contract: the teachers' when they all share one, else the most common
-    (ties: the largest images), said in the log."""
-    specs = [t.spec.input for t in teachers]
+def student_config(cfg: UnifyConfig, student_input: Any) -> Any:
+    """The student's StudentConfig from the job config and its input contract (an InputSpec)."""
+    from zoo.pipeline.training import StudentConfig
+
+    return StudentConfig(
+        arch=cfg.arch,
+        arch_kwargs=dict(cfg.arch_kwargs),
+        input=student_input,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        method=cfg.method,
+        mode=cfg.mode,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+        optimizer=cfg.optimizer,
+    )
+
+
+def common_input(specs: Sequence[Any], log: Callable[[str], None]) -> Any:
+    """The student's input contract from the teachers' InputSpecs: theirs when they all share one, else
+    the most common (ties: the largest images), said in the log."""
     counts: dict[Any, int] = {}
     for s in specs:
         counts[s] = counts.get(s, 0) + 1
