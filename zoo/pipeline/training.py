@@ -323,6 +323,29 @@ def epoch_order(n: int, seed: int, epoch: int, world_size: int, rank: int) -> to
     return perm[rank::world_size]
 
 
+def _prune_orphan_checkpoints(result: Any) -> list[str]:
+    """Delete checkpoint directories Ray Train never registered.
+
+    A worker (or its node) lost while its checkpoint was being persisted leaves that directory in the
+    run's storage, but the controller never tracked it, so ``num_to_keep`` never prunes it and a later
+    reader could mistake it for a kept checkpoint. Only done when Ray reports the kept set."""
+    kept = [c for c, _ in (getattr(result, "best_checkpoints", None) or [])]
+    if not kept:
+        return []
+    fs = result.checkpoint.filesystem
+    keep = {c.path.rstrip("/") for c in kept} | {result.checkpoint.path.rstrip("/")}
+    parent = result.checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pafs.FileType.Directory and name.startswith("checkpoint_") and info.path not in keep:
+            fs.delete_dir(info.path)
+            removed.append(info.path)
+    if removed:
+        log.info("removed %d unregistered checkpoint(s) of a failed attempt: %s", len(removed), removed)
+    return removed
+
+
 def lr_at(cfg: dict[str, Any], epoch: int) -> float:
     """The paper's schedule (Sec. 4.1.1): lr for the first part, lr/10 from epoch epochs * lr_step_at on.
     A run too short to have a first part (e.g. 1 epoch) keeps lr throughout."""
@@ -660,6 +683,7 @@ def train_student(
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_dir} finished without a checkpoint")
+    _prune_orphan_checkpoints(result)
 
     from safetensors.torch import load_file
 
