@@ -36,8 +36,12 @@ def ray_session():
     tasks are never starved by actors; see RAY-NOTES)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+        )
     yield ray
     ray.shutdown()
 
