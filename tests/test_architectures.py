@@ -30,15 +30,6 @@ def _archs() -> list:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small forward passes on a shared 2-core machine run faster without intra-op threads."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True)
 def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to fetch pretrained weights fails the test."""
 

@@ -34,14 +34,6 @@ GRAY = InputSpec(channels=1, height=28, width=28, mean=(0.5,), std=(0.25,))
 RGB = InputSpec(channels=3, height=16, width=16, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _spec(arch: str = "cnn", classes=("Cat", "dog", "bird"), inp: InputSpec = GRAY, **kw) -> ModelSpec:
     return ModelSpec(arch=arch, classes=list(classes), input=inp, **kw)
 

@@ -52,15 +52,6 @@ def _tiny_fashion_mnist(directory: Path, n_train: int = 30, n_test: int = 12) ->
     return arrays
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads slow tiny models down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def no_system_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hide any installed copy so that the lookup falls through."""

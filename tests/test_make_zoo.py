@@ -30,15 +30,7 @@ CFG = DemoConfig(
 )
 
 
-@pytest.fixture()
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_build_register_reload(ray_session, mlflow_uri: str, one_torch_thread) -> None:
+def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
     from zoo.pipeline.make_zoo import (
         build_zoo,
         dataset_for_split,

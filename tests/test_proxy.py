@@ -151,7 +151,6 @@ def rank_trials(seed: int = 0) -> tuple[float, float, list[dict]]:
     """(Spearman of proxy agreement vs test accuracy, of negative cross-entropy vs accuracy, rows)."""
     from zoo.pipeline.sweep import train_trial
 
-    torch.set_num_threads(1)
     data, student = build_synthetic_zoo(seed)
     rows = []
     for trial, epochs in RANKING_TRIALS:
