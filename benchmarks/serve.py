@@ -4,13 +4,22 @@ concurrencies for three ways of serving the same registered model, in one run, o
 - ``in-process``: threads calling the classifier directly (decode -> preprocess -> forward -> top-k);
 - ``plain``: one FastAPI + uvicorn process (a subprocess) with the same API code and the same classifier,
   one request at a time through the model (no batching);
-- ``serve``: the Ray Serve application of serving/app.py, 1 replica, dynamic batching.
+- ``serve``: the Ray Serve application of serving/app.py, 1 replica, dynamic batching, with Serve's
+  defaults: client -> HTTP proxy actor -> replica (a Ray RPC, and the replica fetches the body back
+  from the proxy);
+- ``serve-direct``: the same application on a cluster started with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
+  (docs/serving.md, "Throughput mode"): the replica runs its own HTTP server (direct ingress) and the
+  client talks to it, no proxy hop.
+
+Each Serve flavour needs its own Ray cluster (the flag is read when Serve's processes start), so the
+run is made of blocks, one per flavour: in each block the plain server, the in-process calls and that
+flavour are measured interleaved, and each ratio is taken against the plain server of the same block.
 
 Two models: the demo-like ``cnn`` at 28x28 grey (Fashion-MNIST PNGs) and ``resnet18`` at 224x224 RGB
 (random weights, JPEG images). Every loop is bounded: a fixed number of requests and a time cap.
 
     .venv/bin/python benchmarks/serve.py                    # writes benchmarks/results/serve.md
-    .venv/bin/python benchmarks/serve.py --models small --concurrency 1,8 --requests 200
+    .venv/bin/python benchmarks/serve.py --models small --concurrency 1,32 --modes plain,serve-direct
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +64,18 @@ MODELS = {
     "small": ("cnn", 1, 28, {}, "PNG"),
     "resnet18": ("resnet18", 3, 224, {}, "JPEG"),
 }
+
+# Serve flavours: mode name -> environment of the Ray cluster that serves it.
+SERVE_FLAVOURS: dict[str, dict[str, str]] = {
+    "serve": {},
+    # Ray's throughput-optimized mode: direct ingress (the replica serves HTTP itself), user code on the
+    # replica's main event loop, buffered request logs. A short drain period keeps the shutdown quick.
+    "serve-direct": {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    },
+}
+MODE_ORDER = ["in-process", "plain", *SERVE_FLAVOURS]
 
 
 # ----------------------------------------------------------------------------------------- set-up
@@ -294,7 +317,10 @@ def run_plain_server(args: argparse.Namespace) -> None:
 def start_plain(cfg_args: dict, port: int) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--plain-server", json.dumps(cfg_args), "--port", str(port)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg_args.get("torch_threads") or 1)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    # its own process group (to stop it cleanly) but the same session as the benchmark and the Ray cluster
+    # it is compared with: with sched_autogroup_enabled=1 a new session would be scheduled as a group of
+    # its own, which on a busy machine gives it a different share of the CPU than Serve gets
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, process_group=0)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -307,16 +333,56 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=15)
 
 
+# ----------------------------------------------------------------------------------------- Serve
+@contextmanager
+def serve_cluster() -> Iterator[str]:
+    """A private local Ray cluster with Serve's HTTP proxy on a free loopback port; yields its URL. The
+    flavour's environment is the process's own (see run_block_subprocess)."""
+    import ray
+    from ray import serve
+
+    # address="local": always a private cluster, never one that someone started with `ray start` here
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def direct_ingress_url(app_name: str, timeout: float) -> str:
+    """The URL of the replica's own HTTP server (direct ingress), from the controller's target groups
+    (the port is allocated at replica start, from RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT = 30000 up)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for group in ray.get(controller.get_target_groups.remote(app_name), timeout=30):
+            if str(group.protocol.value) == "HTTP" and group.app_name == app_name and group.targets:
+                # the node's address is in the target, but the server binds to http_options' host (loopback)
+                url = f"http://127.0.0.1:{group.targets[0].port}"
+                wait_healthy(url, max(1.0, deadline - time.monotonic()))
+                return url
+        time.sleep(0.5)
+    raise TimeoutError(f"no direct-ingress target for {app_name!r} after {timeout} s")
+
+
 # ----------------------------------------------------------------------------------------- report
-def table(model: str, results: list[Result]) -> list[str]:
+def table(model: str, block: str, results: list[Result]) -> list[str]:
     plain = {r.concurrency: r.rps for r in results if r.mode == "plain"}
     lines = [
-        f"### {model}",
+        f"### {model}: {block} block",
         "",
         "| mode | concurrency | requests | errors | req/s | p50 ms | p99 ms | req/s vs plain |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in sorted(results, key=lambda r: (r.concurrency, ["in-process", "plain", "serve"].index(r.mode))):
+    for r in sorted(results, key=lambda r: (r.concurrency, MODE_ORDER.index(r.mode))):
         ratio = r.rps / plain[r.concurrency] if plain.get(r.concurrency) else float("nan")
         lines.append(
             f"| {r.mode} | {r.concurrency} | {r.requests} | {r.errors} | {r.rps:.1f} | {r.pct(0.5):.1f} | "
@@ -326,6 +392,7 @@ def table(model: str, results: list[Result]) -> list[str]:
 
 
 def machine() -> str:
+    import ray
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -337,11 +404,17 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = os.getloadavg()
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), {gpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}; load average at start {load[0]:.1f}"
+        f"torch {torch.__version__}, Ray {ray.__version__}"
     )
+
+
+def loadavg() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
+
+
+TARGETS = {1: (">= 0.7x", lambda x: x >= 0.7), 32: ("> 1x", lambda x: x > 1.0)}
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -353,16 +426,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-seconds", type=float, default=15.0, help="time cap per cell")
     p.add_argument("--resnet-size", type=int, default=224)
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads of every mode's model")
+    p.add_argument(
+        "--serve-torch-threads",
+        type=int,
+        default=0,
+        help="torch threads of the Serve replica's batched forward pass (0: --torch-threads). The plain "
+        "server runs one forward pass per request in concurrent worker threads, so it can use every core "
+        "with 1 thread each; a replica runs one batch at a time and needs intra-op threads for that",
+    )
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-s", type=float, default=0.0)
-    p.add_argument("--modes", default="in-process,plain,serve")
+    p.add_argument(
+        "--modes", default=",".join(MODE_ORDER), help=f"comma-separated among {', '.join(MODE_ORDER)}"
+    )
     p.add_argument("--rounds", type=int, default=2, help="rounds over all cells, mode order rotated")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.md"))
     p.add_argument("--plain-server", help=argparse.SUPPRESS)  # internal: run the baseline server
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--block", help=argparse.SUPPRESS)  # internal: run one Serve block (a child process)
     args = p.parse_args(argv)
     if args.plain_server:
         return run_plain_server(args)
+    if args.block:
+        return run_block_child(args)
 
     import torch
 
@@ -372,119 +458,106 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.torch_threads)
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
+    unknown = set(modes) - set(MODE_ORDER)
+    if unknown:
+        p.error(f"unknown modes {sorted(unknown)}; known: {', '.join(MODE_ORDER)}")
     keys = args.models.split(",")
-    started = datetime.now(timezone.utc)
+    started, load_start = datetime.now(timezone.utc), loadavg()
     header = machine()
-    print(header, flush=True)
+    print(f"{header}; load average at start {load_start}", flush=True)
     sections: list[str] = []
     summary: list[str] = []
+    # One block per Serve flavour (each on its own Ray cluster); without a Serve mode, one block.
+    flavours = [m for m in modes if m in SERVE_FLAVOURS] or [None]
+    local = [m for m in modes if m not in SERVE_FLAVOURS]
 
     with tempfile.TemporaryDirectory(prefix="zoo-bench-serve-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         registry = Registry(uri, cache_dir=Path(tmp) / "cache")
-        serve_url = None
-        if "serve" in modes:
-            import ray
-            from ray import serve
+        for key in keys:
+            size = args.resnet_size if key == "resnet18" else MODELS[key][2]
+            name = register(registry, key, size)
+            bodies = make_images(key, size)
+            ctype = "image/png" if MODELS[key][4] == "PNG" else "image/jpeg"
+            cfg_args = {
+                "name": name,
+                "tracking_uri": uri,
+                "cache_dir": str(Path(tmp) / "cache"),
+                "torch_threads": args.torch_threads,
+                "poll_interval_s": 0,
+                "max_batch_size": args.max_batch_size,
+                "batch_wait_timeout_s": args.batch_wait_s,
+                "max_ongoing_requests": max(64, 2 * args.max_batch_size),
+            }
+            arch, channels, _, _, fmt = MODELS[key]
+            label = f"{key}: {arch} at {size}x{size}, {channels} channel(s), {fmt} requests"
+            clf = load_classifier(registry, name, alias="champion", device=torch.device("cpu"))
+            proc, plain_url = None, None
+            try:
+                if "plain" in modes:
+                    port = free_port()
+                    proc = start_plain(cfg_args, port)
+                    plain_url = f"http://127.0.0.1:{port}"
+                    wait_healthy(plain_url, 180, proc)
+                for flavour in flavours:
+                    block_modes = [m for m in MODE_ORDER if m in local or m == flavour]
+                    if flavour is None:
+                        results = run_block(
+                            args, key, None, block_modes, levels, clf, bodies, ctype, plain_url, cfg_args
+                        )
+                    else:
+                        results = run_block_subprocess(
+                            args, key, flavour, block_modes, levels, plain_url, cfg_args
+                        )
+                    sections += table(label, flavour or "local", results)
+                    by = {(r.mode, r.concurrency): r for r in results}
+                    for c in levels:
+                        s, pl = by.get((flavour, c)), by.get(("plain", c))
+                        if s is None or pl is None or not pl.rps:
+                            continue
+                        ratio = s.rps / pl.rps
+                        target, ok = TARGETS.get(c, ("", None))
+                        met = "" if ok is None else ("yes" if ok(ratio) else "no")
+                        summary.append(
+                            f"| {key} | {flavour} | {c} | {s.rps:.1f} | {pl.rps:.1f} | {ratio:.2f}x | "
+                            f"{target} | {met} |"
+                        )
+            finally:
+                if proc is not None:
+                    stop_process(proc)
+                del clf
 
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-            serve_port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-            serve_url = f"http://127.0.0.1:{serve_port}"
-        try:
-            for key in keys:
-                size = args.resnet_size if key == "resnet18" else MODELS[key][2]
-                name = register(registry, key, size)
-                bodies = make_images(key, size)
-                ctype = "image/png" if MODELS[key][4] == "PNG" else "image/jpeg"
-                cfg_args = {
-                    "name": name,
-                    "tracking_uri": uri,
-                    "cache_dir": str(Path(tmp) / "cache"),
-                    "torch_threads": args.torch_threads,
-                    "poll_interval_s": 0,
-                    "max_batch_size": args.max_batch_size,
-                    "batch_wait_timeout_s": args.batch_wait_s,
-                    "max_ongoing_requests": max(64, 2 * args.max_batch_size),
-                }
-                # All servers up at once, modes interleaved per concurrency level and their order rotated
-                # each round: on a shared machine the load drifts, and it must not favour one mode.
-                clf = load_classifier(registry, name, alias="champion", device=torch.device("cpu"))
-                proc, plain_url, app_name = None, None, f"bench-{key}"
-                try:
-                    if "plain" in modes:
-                        port = free_port()
-                        proc = start_plain(cfg_args, port)
-                        plain_url = f"http://127.0.0.1:{port}"
-                        wait_healthy(plain_url, 180, proc)
-                    if serve_url is not None:
-                        from ray import serve
-
-                        from serving.app import build_app
-
-                        serve.run(build_app(cfg_args), name=app_name, route_prefix="/", blocking=False)
-                        wait_healthy(serve_url, 180)
-                    runs: dict[tuple[str, int], list[Result]] = {}
-                    for rnd in range(args.rounds):
-                        for c in levels:
-                            order = modes[rnd % len(modes) :] + modes[: rnd % len(modes)]
-                            for mode in order:
-                                if mode == "in-process":
-                                    r = load_in_process(
-                                        clf, bodies, c, args.requests, args.max_seconds, 4096 * 4096
-                                    )
-                                else:
-                                    url = plain_url if mode == "plain" else serve_url
-                                    r = load_http(
-                                        mode, url, bodies, ctype, c, args.requests, args.max_seconds, ""
-                                    )
-                                runs.setdefault((mode, c), []).append(r)
-                                print(f"{key} round {rnd} {mode} c={c}: {r.rps:.1f} req/s", flush=True)
-                finally:
-                    if proc is not None:
-                        stop_process(proc)
-                    if serve_url is not None:
-                        from ray import serve
-
-                        serve.delete(app_name)
-                    del clf
-                results = [merge(rs) for rs in runs.values()]
-                arch, channels, _, _, fmt = MODELS[key]
-                label = f"{key}: {arch} at {size}x{size}, {channels} channel(s), {fmt} requests"
-                sections += table(label, results)
-                by = {(r.mode, r.concurrency): r.rps for r in results}
-                for c in levels:
-                    if ("serve", c) in by and by.get(("plain", c)):
-                        summary.append(f"| {key} | {c} | {by[('serve', c)] / by[('plain', c)]:.2f}x |")
-        finally:
-            if serve_url is not None:
-                import ray
-                from ray import serve
-
-                serve.shutdown()
-                ray.shutdown()
-
+    load_end = loadavg()
     cmd = "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = [
         "# Inference service benchmark (issue 6)",
         "",
         f"- command: `{cmd.strip()}`",
-        f"- date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC to {datetime.now(timezone.utc):%H:%M} UTC",
         f"- machine: {header}",
+        f"- load average at start: {load_start}; at end: {load_end} (a machine shared with other jobs: "
+        "compare ratios within a block, not absolute numbers across runs)",
         f"- per cell and round: at most {args.requests} requests or {args.max_seconds:.0f} s, {args.rounds} "
-        "rounds pooled (modes interleaved, order rotated each round); loopback HTTP "
-        f"(aiohttp client in the benchmark process); torch threads per model: {args.torch_threads}; "
-        f"Serve: 1 replica, max_batch_size {args.max_batch_size}, batch_wait_timeout_s {args.batch_wait_s}",
+        "rounds pooled (modes interleaved, order rotated each round); loopback HTTP, aiohttp client in the "
+        "benchmark process, one keep-alive connection per client; "
+        f"torch threads per model: {args.torch_threads} (Serve replica: "
+        f"{args.serve_torch_threads or args.torch_threads}); Serve: 1 replica, max_batch_size "
+        f"{args.max_batch_size}, batch_wait_timeout_s {args.batch_wait_s}, max_ongoing_requests "
+        f"{max(64, 2 * args.max_batch_size)}",
         "",
         "Modes: `in-process` = threads calling the classifier (decode, preprocess, forward, top-k) directly; "
         "`plain` = one FastAPI + uvicorn process with the same API code (serving/api.py) and classifier, "
         "each request's forward pass in a worker thread, no batching; `serve` = serving/app.py on Ray Serve "
-        "(HTTP proxy actor -> replica, `@serve.batch`). Latencies are per request as the client sees them.",
+        "with Serve's defaults (client -> HTTP proxy actor -> replica, `@serve.batch`); `serve-direct` = the "
+        "same application on a Ray cluster started with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (the replica's "
+        "own HTTP server, no proxy). Each Serve flavour runs in its own block (its own Ray cluster) with the "
+        "plain server and in-process calls measured interleaved beside it; ratios are within a block. "
+        "Latencies are per request as the client sees them.",
         "",
-        "## Serve vs plain FastAPI + uvicorn (req/s ratio)",
+        "## Serve vs plain FastAPI + uvicorn (req/s, same block)",
         "",
-        "| model | concurrency | serve / plain |",
-        "| --- | ---: | ---: |",
+        "| model | Serve flavour | concurrency | Serve req/s | plain req/s | Serve / plain | target | met? |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
         *summary,
         "",
         "## Tables",
@@ -499,6 +572,111 @@ def main(argv: list[str] | None = None) -> None:
     tmp_out.write_text(text)
     tmp_out.replace(out)
     print(f"wrote {out}")
+
+
+def run_block(
+    args: argparse.Namespace,
+    key: str,
+    flavour: str | None,
+    modes: list[str],
+    levels: list[int],
+    clf,
+    bodies: list[bytes],
+    ctype: str,
+    plain_url: str | None,
+    cfg_args: dict,
+) -> list[Result]:
+    """All cells of one block: modes interleaved per concurrency level, their order rotated each round
+    (on a shared machine the load drifts, and it must not favour one mode)."""
+    runs: dict[tuple[str, int], list[Result]] = {}
+
+    def measure(serve_url: str | None) -> None:
+        for rnd in range(args.rounds):
+            for c in levels:
+                order = modes[rnd % len(modes) :] + modes[: rnd % len(modes)]
+                for mode in order:
+                    if mode == "in-process":
+                        r = load_in_process(clf, bodies, c, args.requests, args.max_seconds, 4096 * 4096)
+                    else:
+                        url = plain_url if mode == "plain" else serve_url
+                        r = load_http(mode, url, bodies, ctype, c, args.requests, args.max_seconds, "")
+                    runs.setdefault((mode, c), []).append(r)
+                    print(
+                        f"{key} [{flavour or 'local'}] round {rnd} {mode} c={c}: {r.rps:.1f} req/s",
+                        flush=True,
+                    )
+
+    if flavour is None:
+        measure(None)
+    else:
+        from ray import serve
+
+        from serving.app import build_app
+
+        app_name = f"bench-{key}"
+        serve_args = {**cfg_args, "torch_threads": args.serve_torch_threads or args.torch_threads}
+        with serve_cluster() as proxy_url:
+            serve.run(build_app(serve_args), name=app_name, route_prefix="/", blocking=False)
+            wait_healthy(proxy_url, 180)
+            url = direct_ingress_url(app_name, 60) if flavour == "serve-direct" else proxy_url
+            print(f"{key} [{flavour}] at {url}", flush=True)
+            measure(url)
+            serve.delete(app_name)
+    return [merge(rs) for rs in runs.values()]
+
+
+def run_block_subprocess(
+    args: argparse.Namespace, key: str, flavour: str, modes: list[str], levels: list[int], plain_url, cfg_args
+) -> list[Result]:
+    """A Serve block in a child process started with the flavour's environment: Serve reads it when
+    its modules are imported, in the driver as in the cluster, so each flavour needs a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-block-") as tmp:
+        out = Path(tmp) / "results.json"
+        spec = {
+            "key": key,
+            "flavour": flavour,
+            "modes": modes,
+            "levels": levels,
+            "plain_url": plain_url,
+            "cfg_args": cfg_args,
+            "out": str(out),
+        }
+        cmd = [sys.executable, __file__, "--block", json.dumps(spec)]
+        cmd += ["--requests", str(args.requests), "--max-seconds", str(args.max_seconds)]
+        cmd += ["--rounds", str(args.rounds), "--torch-threads", str(args.torch_threads)]
+        cmd += [
+            "--serve-torch-threads",
+            str(args.serve_torch_threads),
+            "--resnet-size",
+            str(args.resnet_size),
+        ]
+        env = {**os.environ, **SERVE_FLAVOURS[flavour]}
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=3600)
+        return [Result(**r) for r in json.loads(out.read_text())]
+
+
+def run_block_child(args: argparse.Namespace) -> None:
+    """The child side of run_block_subprocess: load the model, run the block, write the results."""
+    import dataclasses
+
+    import torch
+
+    from serving.inference import load_classifier
+    from zoo.registry import Registry
+
+    spec = json.loads(args.block)
+    cfg = spec["cfg_args"]
+    torch.set_num_threads(args.torch_threads)
+    registry = Registry(cfg["tracking_uri"], cache_dir=cfg["cache_dir"])
+    clf = load_classifier(registry, cfg["name"], alias="champion", device=torch.device("cpu"))
+    key = spec["key"]
+    size = args.resnet_size if key == "resnet18" else MODELS[key][2]
+    bodies = make_images(key, size)
+    ctype = "image/png" if MODELS[key][4] == "PNG" else "image/jpeg"
+    results = run_block(
+        args, key, spec["flavour"], spec["modes"], spec["levels"], clf, bodies, ctype, spec["plain_url"], cfg
+    )
+    Path(spec["out"]).write_text(json.dumps([dataclasses.asdict(r) for r in results]))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ Run it with::
     ZOO_MODEL_NAME=<model> serve run serving.app:app       # everything from the environment
     serve deploy serving/config.yaml                       # a deploy config (running cluster)
 
+With ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` exported where Ray starts, the replica also serves HTTP itself
+(port 30000 up) without the proxy hop, which for a small model costs several times the model
+(docs/serving.md, "Throughput mode"; benchmarks/serve.py).
+
 Each replica loads the champion through the zoo's safe loader (on GPU when the replica has one), batches
 images across requests with ``@serve.batch``, and follows the alias: a background poll (and the
 authenticated ``POST /v1/reload``) loads a new champion first and then swaps it in, so requests in
