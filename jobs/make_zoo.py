@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--transfer-size", type=int, default=d.transfer_size, help="images in the transfer set")
     p.add_argument(
+        "--val-size",
+        type=int,
+        default=d.val_size,
+        help="labelled validation images (training images of the union; the sweep selects on them)",
+    )
+    p.add_argument(
         "--archs",
         default=",".join(DEFAULT_ARCHS),
         help="architecture pool: name[:key=value...], comma-separated",
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             classes_per_teacher=_range(args.classes_per_teacher),
             images_per_class=_range(args.images_per_class),
             transfer_size=args.transfer_size,
+            val_size=args.val_size,
             overlap=args.overlap,
             archs=tuple(a for a in args.archs.split(",") if a.strip()),
             epochs=args.epochs,

@@ -2,15 +2,17 @@
 
     python jobs/sweep.py                                   # the default grid on runs/unified-fmnist
     python jobs/sweep.py --run-dir runs/my-model --sweep-config configs/sweep-full.yaml
-    python jobs/sweep.py --eval DIR                         # rank by accuracy on a labelled ImageFolder
+    python jobs/sweep.py --val DIR                          # rank by accuracy on a labelled ImageFolder
     python jobs/sweep.py --no-labels                        # rank by the label-free proxy (zoo/proxy.py)
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python jobs/sweep.py
 
 The run directory must hold transfer.parquet and logits.parquet (run `python jobs/unify.py` first:
 the sweep never re-runs teacher inference). The student (architecture, input, batch size, optimiser,
 seed) comes from the main job's config (--config, default configs/default.yaml), so the sweep's short
-trials are short runs of the final student. Labelled validation images: --eval DIR, else the demo
-split's test images when the zoo is the demo zoo, else none (the proxy ranks the trials). Results:
+trials are short runs of the final student. Labelled validation images: --val DIR (or `val:` in the
+job config), else the demo split's validation set (training images no teacher and no transfer image
+uses), else none (the proxy ranks the trials). Never the test images: they report the final student.
+The run directory may be a URI (s3://..., file://...). Results:
 <run-dir>/sweep/ (results.json, sweep.png, Tune's trial dirs with TensorBoard events) and MLflow
 (a "sweep" run with every trial nested under it). See docs/sweep.md.
 """
@@ -34,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", help="the main job's YAML config (student, zoo, run dir); default configs/default.yaml")
     add("--sweep-config", help="sweep YAML (SweepConfig keys); default: the built-in default grid")
     add("--run-dir", help="run directory with transfer.parquet and logits.parquet (default runs/<name>)")
-    add("--eval", help="labelled ImageFolder to rank trials by accuracy (class dirs = union classes)")
+    add(
+        "--val",
+        help="labelled validation ImageFolder to rank trials by accuracy (class dirs = union classes)",
+    )
+    add("--eval", dest="val", help=argparse.SUPPRESS)  # the old name of --val
     add("--no-labels", action="store_true", help="ignore any labelled set: rank by the label-free proxy")
     add("--methods", help="comma-separated methods (sd, ce, mf-p, mf-lu, mf-lf)")
     add("--modes", help="comma-separated modes (e, bp, bs)")
@@ -56,8 +62,9 @@ def _student(job_cfg, run_dir: Path, registry, log):
     from zoo.artifacts import InputSpec
     from zoo.pipeline.inference import read_logits
     from zoo.pipeline.job import common_input, student_config
+    from zoo.pipeline.stages import join
 
-    lf = read_logits(run_dir / "logits.parquet")
+    lf = read_logits(join(run_dir, "logits.parquet"))
     if job_cfg.student_input:
         spec = InputSpec(**job_cfg.student_input)
     else:
@@ -69,19 +76,22 @@ def _student(job_cfg, run_dir: Path, registry, log):
 
 def _eval_set(args, job_cfg, space, registry, log):
     """Labelled validation images over the union classes, or None (the proxy ranks the trials)."""
-    from zoo.pipeline.job import eval_from_folder, eval_from_split, load_zoo_split
+    from zoo.pipeline.job import eval_from_folder, load_zoo_split, val_from_split
     from zoo.pipeline.training import EvalSet
 
     if args.no_labels:
         return None
-    if args.eval or job_cfg.eval:
-        ev = eval_from_folder(args.eval or job_cfg.eval, space)
+    if args.val or job_cfg.val:
+        ev = eval_from_folder(args.val or job_cfg.val, space, flag="--val")
     else:
         split = load_zoo_split(job_cfg.zoo, registry)
-        if split is None:
-            log("[sweep] no labelled set (--eval DIR) and no demo split: ranking by the label-free proxy")
+        ev = None if split is None else val_from_split(split, space)
+        if ev is None:
+            log(
+                "[sweep] no labelled validation set (--val DIR) and no demo split with one: "
+                "ranking by the label-free proxy"
+            )
             return None
-        ev = eval_from_split(split, space)
     log(f"[sweep] {len(ev.labels)} labelled validation images from {ev.source}")
     return EvalSet(ev.images, ev.labels)
 
@@ -127,10 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracking_uri = job_cfg.tracking_uri or (
         default_tracking_uri() if home is None else f"sqlite:///{home / 'zoo.db'}"
     )
-    run_dir = Path(args.run_dir) if args.run_dir else job_cfg.run_path
-    if home is not None and not args.run_dir:
+    from zoo.pipeline.stages import is_uri, join, path_exists
+
+    run_dir = (
+        (args.run_dir if is_uri(args.run_dir) else Path(args.run_dir)) if args.run_dir else job_cfg.run_path
+    )
+    if home is not None and not args.run_dir and not is_uri(run_dir):
         run_dir = home / run_dir
-    if not (run_dir / "logits.parquet").is_file():
+    if not path_exists(join(run_dir, "logits.parquet")):
         print(
             f"error: {run_dir}/logits.parquet is missing: run the main job first "
             f"(python jobs/unify.py --run-dir {run_dir}) or pass --run-dir",

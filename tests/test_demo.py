@@ -60,7 +60,10 @@ def check_invariants(split: DemoSplit, cfg: DemoConfig, train: np.ndarray, test:
     assert len(used) == len(set(used)), "no image shared between teachers"
     transfer = set(split.transfer_indices)
     assert not transfer & set(used), "the transfer set holds no teacher's image"
-    free = len(train) - len(used)
+    val = set(split.val_indices)
+    assert len(val) == cfg.val_size and not val & transfer and not val & set(used)
+    assert set(train[list(val)]) <= union, "validation images are of the union classes"
+    free = len(train) - len(used) - len(val)
     assert len(transfer) == (free if cfg.transfer_size is None else cfg.transfer_size)
     assert all(0 <= i < len(train) for i in transfer)
     assert list(split.eval_indices) == np.flatnonzero(np.isin(test, list(union))).tolist()
@@ -96,9 +99,10 @@ def test_complete_overlap() -> None:
     ipc=st.tuples(st.integers(50, 200), st.integers(0, 150)).map(lambda t: (t[0], min(200, t[0] + t[1]))),
     transfer=st.one_of(st.none(), st.integers(0, 3000)),
     overlap=st.sampled_from(["random", "complete"]),
+    val=st.integers(0, 400),
 )
 def test_random_configurations_keep_the_invariants(
-    seed, n_teachers, n_union, cpt, ipc, transfer, overlap
+    seed, n_teachers, n_union, cpt, ipc, transfer, overlap, val
 ) -> None:
     train, test = _labels(600), _labels(100, seed=2)
     try:
@@ -110,6 +114,7 @@ def test_random_configurations_keep_the_invariants(
             images_per_class=ipc,
             transfer_size=transfer,
             overlap=overlap,
+            val_size=val,
         )
     except ValueError as e:  # only for configurations that cannot cover the union
         assert overlap == "random" and n_teachers * min(cpt[1], n_union) < n_union, e
@@ -117,7 +122,7 @@ def test_random_configurations_keep_the_invariants(
     try:
         split = make_split(cfg, train, test, CLASSES)
     except ValueError as e:  # only when the data set runs out of images
-        assert "training images" in str(e) or "transfer_size" in str(e), e
+        assert "training images" in str(e) or "transfer_size" in str(e) or "val_size" in str(e), e
         return
     check_invariants(split, cfg, train, test)
     assert DemoSplit.from_json(split.to_json()) == split
@@ -236,3 +241,41 @@ def test_parse_arch() -> None:
     assert parse_arch("shufflenet_v2:width_mult=0.5") == ("shufflenet_v2", {"width_mult": 0.5})
     with pytest.raises(ValueError):
         parse_arch("")
+
+
+def test_validation_set_is_labelled_disjoint_and_leaves_the_rest_unchanged() -> None:
+    cfg = DemoConfig(seed=2, val_size=700)
+    split = make_split(cfg, TRAIN, TEST, CLASSES)
+    val = set(split.val_indices)
+    assert len(val) == 700 and split.has_validation
+    assert not val & set(split.transfer_indices)
+    assert not val & {i for t in split.teachers for i in t.train_indices}
+    images = np.arange(len(TRAIN))  # the "image" is its index
+    x, y = split.val_set(images, TRAIN)
+    assert set(x.tolist()) == val  # training images, never the test split's
+    assert [split.union_classes[k] for k in y] == [CLASSES[c] for c in TRAIN[x]]
+    # Its own random stream: teachers and transfer set are those of a split without validation set.
+    none = make_split(replace(cfg, val_size=0), TRAIN, TEST, CLASSES)
+    assert not none.has_validation and "val_indices" not in none.to_dict()
+    assert none.teachers == split.teachers and none.transfer_indices == split.transfer_indices
+    # transfer_size=None: the transfer set takes every unused image except the validation set.
+    every = make_split(replace(cfg, transfer_size=None), TRAIN, TEST, CLASSES)
+    assert not set(every.val_indices) & set(every.transfer_indices) and len(every.val_indices) == 700
+    with pytest.raises(ValueError, match="val_size"):
+        make_split(replace(cfg, val_size=60000), TRAIN, TEST, CLASSES)
+    with pytest.raises(ValueError, match="val_size"):
+        DemoConfig(val_size=-1)
+    bad = split.to_dict()
+    bad["val_indices"].append(bad["transfer_indices"][0])
+    with pytest.raises(ValueError, match="validation"):
+        DemoSplit.from_dict(bad)
+
+
+def test_split_saved_before_the_validation_set_still_loads() -> None:
+    d = make_split(DemoConfig(), TRAIN, TEST, CLASSES).to_dict()
+    del d["val_indices"]
+    del d["config"]["val_size"]  # older code knew neither
+    old = DemoSplit.from_dict(d)
+    assert not old.has_validation and old.val_indices == ()
+    assert old.to_dict() == d  # the same dict, so the same fingerprints downstream
+    assert DemoSplit.from_json(old.to_json()) == old

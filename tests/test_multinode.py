@@ -5,8 +5,9 @@ the main job on it, with the real stage functions:
 - spread: the teacher inference actors (Ray Data) and the Ray Train workers land on different
   nodes (node ids from the GCS actor table);
 - faults: a worker node is removed in the middle of the inference stage, and again in the middle
-  of training (after its first checkpoints). Ray Data restarts the lost actors and retries their
-  tasks: logits.parquet comes out identical to the undisturbed run's, every id once, in order.
+  of training (after its first checkpoints). Ray Data retries the lost tasks (on the surviving
+  actors, or on the lost actor restarted elsewhere): logits.parquet comes out identical to the
+  in-process computation, every id once, in order.
   Ray Train restarts its worker group on a replacement node (what the autoscaler does on a cloud)
   and resumes from the last checkpoint on the shared storage: same epochs, same accuracy as the
   undisturbed run, and MLflow holds each epoch's metric once. Files written before a fault are
@@ -16,7 +17,8 @@ The cluster runs in a child process (this file run as a script), with its own Ra
 so that it neither meets the session's `ray_session` runtime nor becomes the "current cluster" that
 another process's `ray.init()` would join. Its findings come back as JSON; the tests read them.
 One run of the script serves every test of this module: 8-9 minutes measured on this 2-core machine
-under a load average of 30-45 (other sessions' tests); most of it is Ray starting worker processes.
+under a load average of 30-45 (other sessions' tests), 5-6.5 minutes (290-382 s, three runs in a
+row) under a load average of 9-15; most of it is Ray starting worker processes.
 """
 
 from __future__ import annotations
@@ -298,17 +300,20 @@ def run_scenarios(work: Path, out: dict[str, Any]) -> None:
                 run_teacher_inference, transfer, teachers, space, logits_path, **infer_kwargs
             )
             worker_ids = {w.node_id for w in workers}
-            # The first actor up on a worker node (the head takes no work) is the victim: from then
-            # on it takes batches. Under load the other actors' processes start seconds later.
+            # The stage feeds its actors once the whole pool is up (run_teacher_inference waits for
+            # it when the cluster has room): remove a node as soon as all of them are alive, while
+            # the first batches are in flight. The victim is an actor on a worker node (the head
+            # takes no work).
             _wait(
                 lambda: (
-                    any(n in worker_ids for n in watch.alive_on(set(), before).values())
+                    sum(n in worker_ids for n in watch.alive_on(set(), before).values())
+                    >= infer_kwargs["concurrency"]
                     or not thread.is_alive()
                 ),
                 600,
-                "an inference actor on a worker node",
+                "every inference actor up on the worker nodes",
             )
-            time.sleep(1.0)  # let it take batches
+            time.sleep(0.2)
             alive = watch.alive_on(set(), before)
             out["infer_actor_nodes_at_removal"] = alive
             victims = {a: n for a, n in alive.items() if n in worker_ids}
@@ -515,15 +520,11 @@ def _nodes_used(actor_nodes: dict[str, list[str]]) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(SCRIPT_TIMEOUT_S + 120)
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured: of the 3 actors asked for, only the first came up before the stage ended "
-    "(the others stayed pending); spread seen in 1 of 4 runs. Open, see the cluster report",
-)
 def test_inference_actors_spread_over_nodes(observed: dict[str, Any]) -> None:
     need(observed, "infer_fault_actor_nodes")
     # Where each actor of the stage first came up (a restarted actor's later nodes not counted).
     first = {aid: nodes[0] for aid, nodes in observed["infer_fault_actor_nodes"].items() if nodes}
+    assert len(first) >= 3, f"not every actor of the pool came up: {first}"  # concurrency=3
     assert len(set(first.values())) >= 2, f"inference actors on fewer than two nodes: {first}"
     assert observed["head"] not in first.values()
 
@@ -547,9 +548,14 @@ def test_inference_survives_losing_a_node(observed: dict[str, Any]) -> None:
     assert observed["infer_fault_running_at_removal"], "the stage had finished before the node was removed"
     assert observed["infer_fault_finished"], observed["infer_fault_error"]
     victim = observed["infer_fault_victim"]
-    moved = observed["infer_fault_actor_nodes"][victim["actor"]]
-    # Ray Data restarts its actors (max_restarts=-1): the lost one came back on another node.
-    assert moved[0] == victim["node"] and len(moved) >= 2 and moved[-1] != victim["node"], moved
+    nodes = observed["infer_fault_actor_nodes"]
+    moved = nodes[victim["actor"]]
+    assert moved[0] == victim["node"], moved
+    # Ray Data restarts its actors (max_restarts=-1): the lost one comes back on another node, unless
+    # the actors on the other node finished the work (the lost tasks retried there) before it did.
+    restarted = len(moved) >= 2 and moved[-1] != victim["node"]
+    elsewhere = [n[-1] for a, n in nodes.items() if a != victim["actor"] and n and n[-1] != victim["node"]]
+    assert restarted or elsewhere, nodes
     # Its tasks were retried: every id once, in the transfer set's order, the same logits as the
     # plain in-process computation.
     assert observed["infer_ids_ok"] and observed["infer_unique_ids"]

@@ -266,6 +266,80 @@ def test_run_stage_skips_when_inputs_unchanged_and_never_leaves_partial_files(tm
     assert run_stage("m", d, "fm", lambda: None, sidecar=True, log=logs.append).skipped
 
 
+def test_stages_on_a_uri_run_dir(tmp_path: Path) -> None:
+    """The same stage helpers on a `file://` URI go through pyarrow.fs (the code path of s3://)."""
+    from zoo.pipeline.stages import RunDir, atomic_dir, atomic_path, local_copy, read_text, write_json_atomic
+
+    run = RunDir((tmp_path / "r").as_uri() + "/").ensure()
+    assert run.is_remote and isinstance(run.logits, str) and run.logits.startswith("file:///")
+    assert run.logits == (tmp_path / "r" / "logits.parquet").as_uri()
+    fp = fingerprint("s", 1)
+    calls = []
+
+    def go():
+        calls.append(1)
+        write_parquet_atomic(pa.table({"x": [1]}), run.transfer, {"zoo.fingerprint": fp})
+
+    assert not run_stage("t", run.transfer, fp, go, log=lambda m: None).skipped
+    assert run_stage("t", run.transfer, fp, go, log=lambda m: None).skipped and calls == [1]
+    assert read_fingerprint(run.transfer) == fp and read_fingerprint(run.logits) is None
+    with pytest.raises(RuntimeError, match="crash"), atomic_path(run.logits, ".parquet") as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["transfer.parquet"]  # nothing partial
+    write_json_atomic({"fingerprint": "j", "k": [1, 2]}, run.registration)
+    assert (
+        json.loads(read_text(run.registration))["k"] == [1, 2] and read_fingerprint(run.registration) == "j"
+    )
+    for version in ("a", "b"):  # a directory output, replaced whole, committed by its sidecar
+        res = run_stage(
+            "d",
+            run.spv,
+            f"fd-{version}",
+            lambda v=version: _fill(atomic_dir(run.spv), v),
+            sidecar=True,
+            log=lambda m: None,
+        )
+        assert not res.skipped and read_fingerprint(run.spv) == f"fd-{version}"
+        with local_copy(run.spv) as d:
+            assert sorted(p.name for p in d.iterdir()) == [version]
+    # soft labels read and written on the URI
+    ids, width = ["a", "b"], 2 * 3
+    col = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.random.default_rng(0).normal(size=2 * width), pa.float32()), width
+    )
+    meta = {
+        "zoo.label_space": json.dumps(build_label_space([["x", "y"], ["y", "z"]], ["t0", "t1"]).to_dict()),
+        "zoo.teachers": json.dumps([{"name": "t0"}, {"name": "t1"}]),
+        "zoo.mask": json.dumps([[True, True, False], [False, True, True]]),
+    }
+    write_parquet_atomic(pa.table({"id": ids, "logits": col}), run.logits, meta)
+    write_soft_labels(run.logits, run.soft_labels, "sd", "bs", 3.0, fingerprint="q")
+    sl = read_soft_labels(run.soft_labels)
+    assert sl.ids == ids and sl.q.shape == (2, 3) and read_fingerprint(run.soft_labels) == "q"
+
+
+def _fill(ctx, name: str) -> None:
+    with ctx as d:
+        (d / name).write_text(name)
+
+
+def test_inference_reads_enough_pieces_for_every_actor(tmp_path: Path) -> None:
+    from zoo.pipeline.inference import _read_pieces, _read_row_groups
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table({"id": [str(i) for i in range(10)], "image": [b"x"] * 10}), path, row_group_size=4
+    )
+    pf = pq.ParquetFile(path)  # row groups of 4, 4, 2 rows
+    assert len(_read_pieces(pf, 1)) == 3
+    pieces = _read_pieces(pf, 6)  # 2 slices per row group
+    assert len(pieces) == 6
+    batch = {k: np.array([p[k] for p in pieces]) for k in ("rg", "start", "stop")}
+    ids = _read_row_groups(path.as_uri())(batch).column("id").to_pylist()
+    assert ids == [str(i) for i in range(10)]  # every row once, in order, read through a URI
+
+
 # ------------------------------------------------------------------------------------------- config
 def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     from zoo.config import ConfigError, config_from_args, load_config

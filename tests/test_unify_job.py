@@ -146,6 +146,47 @@ def test_whole_job_then_rerun_skips(ray_session, tiny_zoo, capsys: pytest.Captur
     assert len(tiny_zoo["registry"].versions("tiny-unified")) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # one job with a 2-trial sweep, then a rerun; ~2-4 min on 2 cores
+def test_uri_run_dir_and_validation_set(
+    ray_session, tiny_zoo, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    """The run directory as a `file://` URI (every stage output read and written through pyarrow.fs,
+    as on s3://), and a sweep that selects on a labelled validation set apart from the test set."""
+    vald = tmp_path / "val"
+    images, labels = synthetic_images(150, 5, size=16, seed=7)  # not the eval (test) images
+    for i, (im, lab) in enumerate(zip(images, labels)):
+        d = vald / CLASSES[lab]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"v{i}.png").write_bytes(encode_png(im))
+    sweep_cfg = tmp_path / "sweep.yaml"
+    sweep_cfg.write_text("methods: [sd, mf-lf]\nmodes: [e]\ntemperatures: [3]\nepochs: 1\nscheduler: fifo\n")
+    run_path = tmp_path / "uri-run"
+    argv = ["--config", str(tiny_zoo["config"]), "--run-dir", run_path.as_uri(), "--name", "tiny-uri"]
+    argv += ["--val", str(vald), "--sweep", "--sweep-config", str(sweep_cfg), "--epochs", "2"]
+    main = _job_main()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run_path / "summary.json").read_text())
+    assert summary["selected_by"] == f"the sweep, on val_accuracy of ImageFolder {vald}", summary
+    assert f"config selected by the sweep, on val_accuracy of ImageFolder {vald}" in out
+    sweep = json.loads((run_path / "sweep" / "results.json").read_text())
+    assert sweep["metric"] == "val_accuracy" and len(sweep["trials"]) == 2
+    assert (summary["method"], summary["mode"]) == (sweep["best_config"]["method"], "e")
+    for name in ("transfer.parquet", "logits.parquet", "soft_labels.parquet", "registration.json"):
+        assert (run_path / name).is_file(), name
+    students = list((run_path / "train").glob("student-*/student"))
+    assert len(students) == 1 and (students[0] / "spec.json").is_file()
+    assert json.loads(students[0].with_name("student.json").read_text())["fingerprint"]
+    assert pq.read_table(run_path / "logits.parquet").num_rows == 400
+    assert not [p.name for p in run_path.iterdir() if p.name.startswith(".")], "temporary files left"
+    assert tiny_zoo["registry"].get("tiny-uri", version=1).spec.metadata["lineage"]["selected_by"]
+    # rerun on the URI: the fingerprints read back through pyarrow.fs, every stage and the sweep skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (up to date)") == 5 and "[sweep] up to date" in out, out
+
+
 def _run_expect_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     main = _job_main()
     assert main(argv) == 2
@@ -179,6 +220,12 @@ def test_bad_inputs_stop_before_compute(tiny_zoo, capsys: pytest.CaptureFixture,
     assert "class04" in err and "not in the teachers' union" in err
     err = _run_expect_error(capsys, [*cfg, "--tag", "zoo=nothing-here"])
     assert "no teachers match" in err
+    # a validation set with a class outside the union: named, with the flag
+    zebra = tiny_zoo["tmp"] / "badval" / "zebra"
+    zebra.mkdir(parents=True)
+    shutil.copy(next(tiny_zoo["eval"].rglob("*.png")), zebra / "z.png")
+    err = _run_expect_error(capsys, [*cfg, "--val", str(zebra.parent)])
+    assert "--val" in err and "zebra" in err and "not in the teachers' union" in err
     err = _run_expect_error(capsys, [*cfg, "--method", "nope"])
     assert "method 'nope' is unknown" in err
     # a teacher whose stored weights were damaged fails to load: named, with the fix
@@ -191,3 +238,27 @@ def test_bad_inputs_stop_before_compute(tiny_zoo, capsys: pytest.CaptureFixture,
     assert "fails to load" in err and "syn-" in err
     # nothing was (re)computed: outputs of an earlier run in this module, if any, are untouched
     assert sorted(p.name for p in run_dir.glob("*.parquet")) == before
+
+
+def test_demo_split_validation_set_for_the_sweep() -> None:
+    """The job's validation set from a demo split: labelled training images of the union classes,
+    in the label space's order; None for a split saved before it had one (the proxy then ranks)."""
+    from dataclasses import replace
+
+    from zoo.demo import DemoConfig, make_split
+    from zoo.labels import build_label_space
+    from zoo.pipeline.job import eval_from_split, val_from_split
+    from zoo.pipeline.make_zoo import load_dataset
+
+    ds = load_dataset(synthetic=True)
+    cfg = DemoConfig(
+        n_teachers=3, n_union_classes=4, classes_per_teacher=(2, 3), transfer_size=500, val_size=300
+    )
+    split = make_split(cfg, ds.labels_train, ds.labels_test, ds.class_names, dataset="synthetic")
+    space = build_label_space([t.classes for t in split.teachers])
+    val, test = val_from_split(split, space), eval_from_split(split, space)
+    assert len(val.labels) == 300 and "validation images" in val.source and "test images" in test.source
+    idx = np.asarray(split.val_indices)
+    assert np.array_equal(val.images, ds.images_train[idx])  # training images, not the test split's
+    assert [space.classes[k] for k in val.labels] == [ds.class_names[c] for c in ds.labels_train[idx]]
+    assert val_from_split(replace(split, val_indices=()), space) is None

@@ -35,7 +35,8 @@ class UnifyConfig:
     """Everything the main job needs. Teachers: all models of `zoo` (models tagged zoo=<name>), or
     the names in `teachers` (`name`, `name:3` for a version, `name@alias`), or the models matching
     every `tags` k=v. Transfer set: `transfer` (directory of images or Parquet), else the demo split's.
-    Evaluation set: `eval` (labelled ImageFolder), else the demo split's."""
+    Evaluation set: `eval` (labelled ImageFolder), else the demo split's (the final report only).
+    Validation set (what `--sweep` selects on): `val`, else the demo split's, else none (proxy)."""
 
     # stage 1: teachers
     zoo: str = "fmnist-demo"
@@ -49,6 +50,7 @@ class UnifyConfig:
     id_column: str | None = None
     transfer_limit: int | None = None
     eval: str | None = None
+    val: str | None = None  # labelled ImageFolder the sweep selects on (default: the demo split's)
     # stage 2: inference
     inference_batch_size: int = 512
     inference_concurrency: int | None = None
@@ -58,6 +60,11 @@ class UnifyConfig:
     method: str = "mf-lf"
     mode: str = "bs"
     temperature: float = 3.0
+    # levers beyond paper 001 (docs/unify.md, "Beyond the paper: levers"); defaults as measured in
+    # benchmarks/results/uhc-levers.md
+    teacher_temperatures: dict[str, float] = field(default_factory=dict)  # teacher name -> owner's fit
+    sample_weighting: str = "none"  # "confidence": down-weight transfer images no teacher claims
+    augment: bool = False  # random translations of the transfer images while the student trains
     # stage 4: student
     name: str = "unified-fmnist"
     arch: str = "cnn"
@@ -96,6 +103,23 @@ class UnifyConfig:
             raise ConfigError(f"mode {self.mode!r} is unknown; choose one of {list(MODES)}")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        from zoo.unify.confidence import SAMPLE_WEIGHTINGS
+
+        if self.sample_weighting not in SAMPLE_WEIGHTINGS:
+            raise ConfigError(
+                f"sample_weighting {self.sample_weighting!r} is unknown; "
+                f"choose one of {list(SAMPLE_WEIGHTINGS)}"
+            )
+        if self.sample_weighting != "none" and self.mode == "bp":
+            raise ConfigError(
+                "sample_weighting weighs the soft-label loss of modes e and bs: set it to none for bp"
+            )
+        bad = {k: v for k, v in self.teacher_temperatures.items() if not 0 < v < float("inf")}
+        if bad:
+            raise ConfigError(
+                f"teacher_temperatures {bad}: each must be a finite number > 0 (fit it with "
+                "zoo.unify.calibration.fit_temperature on the teacher's labelled held-out images)"
+            )
         for k in ("epochs", "batch_size", "inference_batch_size"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -107,7 +131,10 @@ class UnifyConfig:
             raise ConfigError(f"name {self.name!r}: give the unified model a name without '/'")
 
     @property
-    def run_path(self) -> Path:
+    def run_path(self) -> Path | str:
+        """The run directory: a local path, or a URI (`s3://...`, `file://...`) kept as a string."""
+        if self.run_dir and "://" in self.run_dir:
+            return self.run_dir
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,10 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--id-column", help="the Parquet column holding sample ids (default: id, else row numbers)")
     add("--transfer-limit", type=int, help="use only the first N transfer images")
     add("--eval", help="labelled ImageFolder for evaluation (class dirs named as union classes)")
+    add("--val", help="labelled ImageFolder the sweep selects its config on (default: the demo split's)")
     add("--name", help="name of the unified model in the registry")
     add("--method", help="soft-label method: sd, ce, mf-p, mf-lu, mf-lf")
     add("--mode", help="e (estimate q), bp (backpropagate), bs (balanced soft labels)")
     add("--temperature", type=float, help="temperature T (paper 001 uses 3)")
+    add("--sample-weighting", help="none, or confidence: down-weight transfer images no teacher claims")
+    add(
+        "--augment",
+        action="store_const",
+        const=True,
+        help="random translations of the transfer images while the student trains",
+    )
     add("--epochs", type=int, help="student epochs")
     add("--arch", help="student architecture (zoo.architectures allow-list)")
     add("--lr", type=float, help="student learning rate")
@@ -251,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
     add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
     add("--no-spv", dest="spv", action="store_const", const=False, help="skip the SPV benchmark")
-    add("--run-dir", help="run directory (default runs/<name>)")
+    add("--run-dir", help="run directory: a path or a URI, s3://... file://... (default runs/<name>)")
     add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
     add(
         "--sweep", action="store_const", const=True, help="sweep method x mode x T x lr first (docs/sweep.md)"

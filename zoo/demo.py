@@ -9,7 +9,9 @@ One trial of the protocol:
   split; no image is shared between teachers;
 - the transfer set U: ``transfer_size`` training images that no teacher uses, from *all* the data
   set's classes (so that, as in the paper, much of U lies outside L_U);
-- the evaluation set: the test split restricted to the classes of L_U.
+- the validation set: ``val_size`` labelled training images of L_U's classes that neither the
+  teachers nor the transfer set use (for choosing the method, mode, T and lr; never the test images);
+- the evaluation set: the test split restricted to the classes of L_U (the final report only).
 
 The split holds indices only (into the training and the test split), plus a fingerprint of the label
 arrays it was drawn from, so SPV (supervised on the union of the teachers' data) and every evaluation
@@ -88,7 +90,8 @@ class DemoConfig:
 
     ``archs``: the pool teachers' architectures are drawn from, as ``name[:key=value...]`` specs of
     :mod:`zoo.architectures` (each teacher draws one; the pool is cycled in a random order so that N
-    teachers use min(N, pool) different ones). ``transfer_size=None`` takes every image no teacher uses.
+    teachers use min(N, pool) different ones). ``transfer_size=None`` takes every image that neither a
+    teacher nor the validation set (``val_size`` images) uses.
     """
 
     seed: int = 0
@@ -97,6 +100,7 @@ class DemoConfig:
     classes_per_teacher: tuple[int, int] = (3, 5)
     images_per_class: tuple[int, int] = (100, 100)
     transfer_size: int | None = 20000
+    val_size: int = 2000  # labelled validation images of L_U's classes (0: none)
     overlap: str = "random"
     archs: tuple[str, ...] = DEFAULT_ARCHS
     # Teacher training (zoo.train.fit_classifier).
@@ -142,6 +146,12 @@ class DemoConfig:
             raise ValueError(
                 f"transfer_size must be >= 0 or None (all unused images), got {self.transfer_size}"
             )
+        if (
+            isinstance(self.val_size, bool)
+            or not isinstance(self.val_size, (int, np.integer))
+            or self.val_size < 0
+        ):
+            raise ValueError(f"val_size must be an int >= 0 (0: no validation set), got {self.val_size!r}")
         if self.overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap must be one of {OVERLAP_MODES}, got {self.overlap!r}")
         if not archs:
@@ -201,6 +211,13 @@ class DemoSplit:
     fingerprint: Mapping[str, Any]
     zoo: str = ""
     format: int = SPLIT_FORMAT
+    # Labelled validation images (training split, L_U's classes). Empty in splits saved before the
+    # validation set existed: they load as they were, without one.
+    val_indices: tuple[int, ...] = ()
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.val_indices) > 0
 
     # ------------------------------------------------------------------ data views
     def check_labels(self, labels_train: np.ndarray, labels_test: np.ndarray) -> None:
@@ -252,6 +269,14 @@ class DemoSplit:
         idx = np.asarray(self.eval_indices, dtype=np.int64)
         return images_test[idx], self._to_classes(labels_test[idx], classes)
 
+    def val_set(
+        self, images_train: np.ndarray, labels_train: np.ndarray, classes: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The labelled validation set (training images of L_U no teacher and no transfer image uses),
+        labels as indices into ``classes`` (default ``union_classes``). Empty when the split has none."""
+        idx = np.asarray(self.val_indices, dtype=np.int64)
+        return images_train[idx], self._to_classes(labels_train[idx], classes)
+
     def _to_classes(self, labels: np.ndarray, classes: Sequence[str] | None) -> np.ndarray:
         classes = self.union_classes if classes is None else tuple(classes)
         pos = {normalize_class_name(c): k for k, c in enumerate(classes)}
@@ -287,6 +312,8 @@ class DemoSplit:
             ],
             "transfer_indices": list(self.transfer_indices),
             "eval_indices": list(self.eval_indices),
+            # Only when present: a split without one keeps the dict (and every fingerprint of it) it had.
+            **({"val_indices": list(self.val_indices)} if self.val_indices else {}),
             "config": dict(self.config),
             "fingerprint": dict(self.fingerprint),
         }
@@ -322,6 +349,7 @@ class DemoSplit:
                 config=dict(d["config"]),
                 fingerprint=dict(d["fingerprint"]),
                 zoo=str(d.get("zoo", "")),
+                val_indices=tuple(int(v) for v in d.get("val_indices", ())),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a demo split: {e!r}") from e
@@ -363,6 +391,11 @@ class DemoSplit:
             raise ValueError(f"split: union classes {sorted(union - covered)} are covered by no teacher")
         if set(self.transfer_indices) & seen:
             raise ValueError("split: the transfer set shares images with a teacher's training data")
+        val = set(self.val_indices)
+        if len(val) != len(self.val_indices):
+            raise ValueError("split: the validation set repeats images")
+        if val & seen or val & set(self.transfer_indices):
+            raise ValueError("split: the validation set shares images with a teacher or the transfer set")
 
 
 def labels_fingerprint(labels_train: np.ndarray, labels_test: np.ndarray) -> dict[str, Any]:
@@ -431,8 +464,9 @@ def make_split(
             raise ValueError(f"{name} holds labels outside 0..{k - 1} ({k} class names given)")
     if cfg.n_union_classes > k:
         raise ValueError(f"n_union_classes={cfg.n_union_classes} but the data set has only {k} classes")
-    r_union, r_classes, r_arch, r_images, r_transfer = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(5)
+    # spawn(6)'s first five children are spawn(5)'s: the validation stream leaves the others unchanged.
+    r_union, r_classes, r_arch, r_images, r_transfer, r_val = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(6)
     )
     union = np.sort(r_union.choice(k, size=cfg.n_union_classes, replace=False)).astype(np.int64)
     if cfg.overlap == "complete":
@@ -463,13 +497,28 @@ def make_split(
 
     used = np.concatenate(train_indices)
     free = np.setdiff1d(np.arange(len(labels_train)), used)
-    size = len(free) if cfg.transfer_size is None else cfg.transfer_size
-    if size > len(free):
-        raise ValueError(
-            f"transfer_size={size} but only {len(free)} training images are left after the teachers' "
-            "data: lower transfer_size (or pass None for all of them)"
-        )
-    transfer = np.sort(r_transfer.choice(free, size=size, replace=False))
+
+    def draw_val(pool: np.ndarray) -> np.ndarray:
+        cands = pool[np.isin(labels_train[pool], union)]
+        if cfg.val_size > len(cands):
+            raise ValueError(
+                f"val_size={cfg.val_size} but only {len(cands)} training images of the union classes are "
+                "left after the teachers' data and the transfer set: lower val_size or transfer_size"
+            )
+        return np.sort(r_val.choice(cands, size=cfg.val_size, replace=False))
+
+    if cfg.transfer_size is None:  # the transfer set takes every unused image but the validation set
+        val = draw_val(free)
+        transfer = np.setdiff1d(free, val)
+    else:  # the transfer set is drawn as before the validation set existed, which takes from the rest
+        size = cfg.transfer_size
+        if size > len(free):
+            raise ValueError(
+                f"transfer_size={size} but only {len(free)} training images are left after the teachers' "
+                "data: lower transfer_size (or pass None for all of them)"
+            )
+        transfer = np.sort(r_transfer.choice(free, size=size, replace=False))
+        val = draw_val(np.setdiff1d(free, transfer))
     eval_indices = np.flatnonzero(np.isin(labels_test, union))
 
     split = DemoSplit(
@@ -491,6 +540,7 @@ def make_split(
         eval_indices=tuple(eval_indices.tolist()),
         config=cfg.to_dict(),
         fingerprint=labels_fingerprint(labels_train, labels_test),
+        val_indices=tuple(val.tolist()),
     )
     split.validate()
     return split

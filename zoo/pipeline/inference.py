@@ -9,6 +9,15 @@ Actors ask for a GPU when the cluster has one, else a fraction of a CPU (whole C
 the read tasks on small machines: see RAY-NOTES). Row order is kept (`preserve_order`) and checked
 against the transfer set's ids while the driver streams the rows into `logits.parquet`.
 
+Spreading over the nodes of a cluster: the actors are placed with the SPREAD strategy, the stage waits
+until the whole pool is up before it feeds it (when the cluster has room for it now; otherwise actors
+join as they come, e.g. while an autoscaler adds nodes), and a file with fewer row groups than twice
+the actors is read in row slices, so that every actor has blocks to take. Without the wait, Ray Data
+starts feeding the first actor that is ready and a short stage could end before the others started.
+
+`transfer_path` and `out_path` may be URIs (`s3://`, `file://`...): actors on other nodes read the
+transfer set from there with `pyarrow.fs`, and the driver writes `logits.parquet` there.
+
 `strategy="chained"` instead chains one `map_batches` per teacher (each decodes again); on this
 machine the fused actor is faster (benchmarks/results/inference.md), so it is the default.
 """
@@ -30,7 +39,14 @@ import pyarrow.parquet as pq
 import torch
 
 from zoo.labels import LabelSpace
-from zoo.pipeline.stages import FINGERPRINT_KEY, atomic_path, parquet_metadata
+from zoo.pipeline.stages import (
+    FINGERPRINT_KEY,
+    atomic_path,
+    is_uri,
+    parquet_file,
+    parquet_metadata,
+    read_parquet,
+)
 
 __all__ = [
     "InferenceError",
@@ -167,15 +183,42 @@ def _assemble_chained(space_dict: dict[str, Any]):
 
 
 def _read_row_groups(path: str):
-    """A map_batches function reading the Parquet row groups named in a batch {rg: [...]}. One task
-    per row group: Ray Data's own Parquet reader reads a whole file in one task, which would feed a
-    single actor (see RAY-NOTES)."""
+    """A map_batches function reading the Parquet row slices named in a batch {rg, start, stop}
+    (a row group, or a slice of one). One task per slice: Ray Data's own Parquet reader reads a whole
+    file in one task, which would feed a single actor (see RAY-NOTES). `path` may be a URI."""
 
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
-        pf = pq.ParquetFile(path)
-        return pf.read_row_groups([int(r) for r in batch["rg"]], columns=["id", "image"])
+        pf = parquet_file(path)
+        parts = []
+        for rg, start, stop in zip(batch["rg"], batch["start"], batch["stop"]):
+            t = pf.read_row_group(int(rg), columns=["id", "image"])
+            parts.append(t.slice(int(start), int(stop) - int(start)))
+        return pa.concat_tables(parts)
 
     return read
+
+
+def _read_pieces(pf: pq.ParquetFile, min_pieces: int) -> list[dict[str, int]]:
+    """{rg, start, stop} row slices covering the file in order: its row groups, each cut in equal
+    slices when there are fewer row groups than `min_pieces` (so every actor gets blocks)."""
+    n_rg = pf.num_row_groups
+    cuts = max(1, -(-min_pieces // max(1, n_rg)))
+    pieces = []
+    for rg in range(n_rg):
+        rows = pf.metadata.row_group(rg).num_rows
+        k = max(1, min(cuts, rows))
+        bounds = [round(rows * j / k) for j in range(k + 1)]
+        pieces += [{"rg": rg, "start": a, "stop": b} for a, b in zip(bounds, bounds[1:]) if b > a]
+    return pieces
+
+
+def _pool_fits_now(plan: dict[str, Any]) -> bool:
+    """Whether the cluster has the CPUs/GPUs for the whole actor pool free right now."""
+    import ray
+
+    free = ray.available_resources()
+    k = plan["concurrency"]
+    return free.get("CPU", 0) >= k * plan["num_cpus"] and free.get("GPU", 0) >= k * plan["num_gpus"]
 
 
 # -------------------------------------------------------------------------------------- planning
@@ -226,12 +269,15 @@ def run_teacher_inference(
     fingerprint: str | None = None,
     row_group_size: int = 4096,
     stats: dict[str, Any] | None = None,
-) -> Path:
+    wait_for_actors_s: float = 300.0,
+) -> str | Path:
     """Score the transfer set with every teacher on Ray Data and write `logits.parquet`:
     `id: string`, `logits: fixed_size_list<float32>[N*L]` (row-major [N, L], masked entries 0), schema
     metadata `zoo.label_space`, `zoo.teachers`, `zoo.mask`, `zoo.fingerprint`. Rows keep the order of
     `transfer.parquet` (checked). Needs a running Ray (`ray.init()`); written atomically. `stats`, when
     given, receives timings: start, first_batch and end (perf_counter), rows, and the actor plan.
+    Paths may be URIs. When the cluster has room for the whole actor pool, the stage waits up to
+    `wait_for_actors_s` for every actor to start before feeding them (0: do not wait).
     """
     import ray
 
@@ -242,27 +288,34 @@ def run_teacher_inference(
     names = [t.name for t in teachers]
     if list(label_space.teachers) != names:
         raise ValueError(f"teachers {names} are not the label space's teachers {list(label_space.teachers)}")
-    transfer_path = Path(transfer_path).resolve()
-    pf = pq.ParquetFile(transfer_path)
+    # Absolute: the actors may run in another working directory (or on another node, sharing a mount).
+    transfer_path = str(transfer_path) if is_uri(transfer_path) else str(Path(transfer_path).resolve())
+    pf = parquet_file(transfer_path)
     expected_ids = pf.read(columns=["id"]).column("id").to_pylist()
-    n_rg = pf.num_row_groups
     plan = plan_actors(use_gpu, concurrency, num_threads)
+    pieces = _read_pieces(pf, 2 * plan["concurrency"])
+    wait_s = wait_for_actors_s if wait_for_actors_s > 0 and _pool_fits_now(plan) else -1
     space_dict = label_space.to_dict()
     blobs = [{"name": t.name, "files": _artifact_blob(t.model_dir)} for t in teachers]
     width = label_space.num_teachers * label_space.num_classes
 
     ctx = ray.data.DataContext.get_current()
-    old_order = ctx.execution_options.preserve_order
+    old_order, old_wait = ctx.execution_options.preserve_order, ctx.wait_for_min_actors_s
     ctx.execution_options.preserve_order = True  # logits rows stay aligned with transfer rows
+    # Feed the pool only once every actor is up (see the module docstring); the context is captured
+    # when the dataset is created, so set it first.
+    ctx.wait_for_min_actors_s = wait_s
     try:
-        ds = ray.data.from_items([{"rg": i} for i in range(n_rg)], override_num_blocks=n_rg)
-        ds = ds.map_batches(_read_row_groups(str(transfer_path)), batch_size=1, num_cpus=0.5)
+        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
+        ds = ds.map_batches(_read_row_groups(transfer_path), batch_size=1, num_cpus=0.5)
         actor_args = dict(
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan["concurrency"]),
             num_cpus=plan["num_cpus"],
             num_gpus=plan["num_gpus"],
             batch_format="numpy",
+            # One actor per node before two on one (Ray Data's default too; explicit, as it matters here).
+            scheduling_strategy="SPREAD",
         )
         kwargs = {"label_space": space_dict, "device": plan["device"], "num_threads": plan["num_threads"]}
         if strategy == "fused":
@@ -325,7 +378,8 @@ def run_teacher_inference(
             stats.update(end=time.perf_counter(), rows=seen)
     finally:
         ctx.execution_options.preserve_order = old_order
-    return Path(out_path)
+        ctx.wait_for_min_actors_s = old_wait
+    return str(out_path) if is_uri(out_path) else Path(out_path)
 
 
 def read_logits(path: str | Path) -> LogitsFile:
@@ -336,7 +390,7 @@ def read_logits(path: str | Path) -> LogitsFile:
         raise InferenceError(f"{path} lacks schema metadata {missing}: not written by run_teacher_inference")
     space = LabelSpace.from_dict(json.loads(meta["zoo.label_space"]))
     mask = torch.tensor(json.loads(meta["zoo.mask"]), dtype=torch.bool)
-    t = pq.read_table(path, columns=["id", "logits"])
+    t = read_parquet(path, columns=["id", "logits"])
     n, big_l = space.num_teachers, space.num_classes
     col = t.column("logits").combine_chunks()
     flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)

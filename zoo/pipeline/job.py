@@ -37,7 +37,11 @@ from zoo.pipeline.stages import (
     StageResult,
     atomic_dir,
     fingerprint,
+    is_uri,
+    join,
+    local_copy,
     read_sidecar,
+    read_text,
     run_stage,
     write_json_atomic,
 )
@@ -73,7 +77,7 @@ class EvalData:
 
 @dataclass
 class JobResult:
-    run_dir: Path
+    run_dir: Path | str  # a local path or a URI
     teachers: list[dict[str, Any]]
     classes: list[str]
     stages: dict[str, StageResult] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class JobResult:
     registered: dict[str, Any] | None = None
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    selected_by: str = ""  # how method/mode/T/lr were chosen (config, or the sweep on which set)
     summary: str = ""
 
 
@@ -208,13 +213,15 @@ def load_zoo_split(zoo: str, registry: Any):
 
 
 # ------------------------------------------------------------------------------------- eval set
-def eval_from_folder(path: str, space: LabelSpace) -> EvalData:
+def eval_from_folder(path: str, space: LabelSpace, flag: str = "--eval") -> EvalData:
+    """A labelled ImageFolder over union classes (the evaluation set, or with flag="--val" the
+    validation set); errors name `flag`."""
     from zoo.data import ImageDecodeError, read_image, read_image_folder
 
     try:
         paths, labels, classes = read_image_folder(path)
     except (NotADirectoryError, ValueError) as e:
-        raise JobError(f"--eval {path}: {e}") from None
+        raise JobError(f"{flag} {path}: {e}") from None
     unknown, index = [], []
     for c in classes:
         try:
@@ -223,7 +230,7 @@ def eval_from_folder(path: str, space: LabelSpace) -> EvalData:
             unknown.append(c)
     if unknown:
         raise JobError(
-            f"--eval {path}: classes {unknown} are not in the teachers' union label space "
+            f"{flag} {path}: classes {unknown} are not in the teachers' union label space "
             f"{list(space.classes)}; remove those class directories, rename them, or add a synonym "
             "(config key synonyms)"
         )
@@ -235,14 +242,29 @@ def eval_from_folder(path: str, space: LabelSpace) -> EvalData:
             bad.append(f"{p}: {e}")
     if bad:
         raise JobError(
-            f"--eval {path}: {len(bad)} images cannot be decoded, first: {bad[:3]}; fix or remove them"
+            f"{flag} {path}: {len(bad)} images cannot be decoded, first: {bad[:3]}; fix or remove them"
         )
     return EvalData(images, np.asarray(index, dtype=np.int64)[labels], f"ImageFolder {path}")
 
 
 def eval_from_split(split: Any, space: LabelSpace) -> EvalData:
+    """The demo split's evaluation set: test images of the union classes (the final report only)."""
     ds = _demo_dataset(split)
     images, labels = split.eval_set(ds.images_test, ds.labels_test, classes=split.union_classes)
+    return _in_space(split, space, images, labels, "test images")
+
+
+def val_from_split(split: Any, space: LabelSpace) -> EvalData | None:
+    """The demo split's labelled validation set (training images no teacher and no transfer image
+    uses), or None for a split saved before it had one."""
+    if not getattr(split, "has_validation", False):
+        return None
+    ds = _demo_dataset(split)
+    images, labels = split.val_set(ds.images_train, ds.labels_train, classes=split.union_classes)
+    return _in_space(split, space, images, labels, "validation images")
+
+
+def _in_space(split: Any, space: LabelSpace, images: Any, labels: np.ndarray, what: str) -> EvalData:
     # Keep the classes of the label space (all of them unless a subset of the demo teachers was picked).
     keep, remap = [], []
     for k, c in enumerate(split.union_classes):
@@ -253,7 +275,7 @@ def eval_from_split(split: Any, space: LabelSpace) -> EvalData:
             remap.append(-1)
     sel = np.isin(labels, keep)
     table = np.asarray(remap, dtype=np.int64)
-    return EvalData(images[sel], table[labels[sel]], f"demo split of {split.zoo or 'the zoo'} (test images)")
+    return EvalData(images[sel], table[labels[sel]], f"demo split of {split.zoo or 'the zoo'} ({what})")
 
 
 def class_groups(mask: torch.Tensor) -> dict[str, list[int]]:
@@ -352,7 +374,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
 
     t_job = time.perf_counter()
     home = job_home()
-    if home is None:
+    if home is None or is_uri(cfg.run_path):
         tracking_uri = cfg.tracking_uri or default_tracking_uri()
         run = RunDir(cfg.run_path).ensure()
     else:  # a `ray job submit --working-dir` copy: keep the zoo and runs where the next job finds them
@@ -376,7 +398,9 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
     mask = space.mask
     log(f"[teachers] {len(teachers)} teachers, {space.num_classes} union classes: {list(space.classes)}")
     split = (
-        load_zoo_split(cfg.zoo, registry) if (cfg.transfer is None or cfg.eval is None or cfg.spv) else None
+        load_zoo_split(cfg.zoo, registry)
+        if (cfg.transfer is None or cfg.eval is None or cfg.spv or (cfg.sweep and cfg.val is None))
+        else None
     )
     # The demo split describes the whole demo zoo: SPV only when its teachers are exactly the ones used.
     whole_demo_zoo = split is not None and not cfg.teachers and not cfg.tags
@@ -406,7 +430,22 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         raise JobError(f"the evaluation set ({ev.source}) has no image of the union classes; pass --eval DIR")
     eval_fp = _eval_fingerprint(ev)
     groups = class_groups(mask)
-    log(f"[eval] {len(ev.labels)} labelled images from {ev.source}")
+    log(f"[eval] {len(ev.labels)} labelled images from {ev.source} (the final report)")
+    # The validation set: what the sweep selects on, never the evaluation (test) set.
+    val = None
+    if cfg.val is not None:
+        val = eval_from_folder(cfg.val, space, flag="--val")
+    elif split is not None and cfg.sweep:
+        val = val_from_split(split, space)
+    if val is not None and len(val.labels) == 0:
+        raise JobError(f"the validation set ({val.source}) has no image of the union classes; pass --val DIR")
+    if cfg.sweep:
+        log(
+            f"[val] {len(val.labels)} labelled images from {val.source} (the sweep selects on them)"
+            if val is not None
+            else "[val] no labelled validation set (--val DIR): the sweep ranks by the label-free proxy"
+        )
+    selected_by = "the config (no sweep)"
 
     stages: dict[str, StageResult] = {}
     # ---- 2. transfer.parquet
@@ -478,6 +517,16 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         "inference", STAGE_VERSION["inference"], lineage_teachers, transfer_fp, space.to_dict()
     )
     stages["inference"] = run_stage("inference", run.logits, logits_fp, infer, force=cfg.force, log=log)
+    if cfg.teacher_temperatures:
+        # Lever: per-teacher calibration (zoo.unify.calibration), by name, in the logits' teacher order.
+        import dataclasses
+
+        names = [t["name"] for t in lineage_teachers]
+        unknown = sorted(set(cfg.teacher_temperatures) - set(names))
+        if unknown:
+            raise JobError(f"teacher_temperatures names {unknown} are not among the teachers {names}")
+        temps = [float(cfg.teacher_temperatures.get(n, 1.0)) for n in names]
+        scfg = dataclasses.replace(scfg, teacher_temperatures=temps)
 
     # ---- 3b. optional sweep (Ray Tune on the cached logits): its best config drives the final student
     if cfg.sweep:
@@ -487,17 +536,23 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         from zoo.pipeline.training import EvalSet
 
         start_ray()
-        best = run_sweep(
+        swept = run_sweep(
             load_sweep_config(cfg.sweep_config),
             run.root,
             student=scfg,
-            eval_set=EvalSet(ev.images, ev.labels),
+            eval_set=None if val is None else EvalSet(val.images, val.labels),
             tracking_uri=tracking_uri,
             experiment=cfg.experiment,
             force=cfg.force,
             log=log,
-        ).best_config
-        log(f"sweep: best config {best}")
+        )
+        best = swept.best_config
+        selected_by = (
+            f"the sweep, on {swept.metric} of {val.source}"
+            if val is not None
+            else f"the sweep, on the label-free proxy ({swept.metric}; no validation set)"
+        )
+        log(f"sweep: best config {best}, selected by {selected_by}")
         cfg.method, cfg.mode = best["method"], best["mode"]
         cfg.temperature, cfg.lr = float(best["temperature"]), float(best["lr"])
         scfg = dataclasses.replace(
@@ -509,14 +564,32 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         targets, targets_fp = run.logits, logits_fp
     else:
         targets_fp = fingerprint(
-            "soft_labels", STAGE_VERSION["soft_labels"], logits_fp, cfg.method, cfg.mode, cfg.temperature
+            "soft_labels",
+            STAGE_VERSION["soft_labels"],
+            logits_fp,
+            cfg.method,
+            cfg.mode,
+            cfg.temperature,
+            # the levers that change q or its per-sample weights (absent when off: old fingerprints hold)
+            *(
+                [{"temperatures": scfg.teacher_temperatures, "weighting": cfg.sample_weighting}]
+                if scfg.teacher_temperatures or cfg.sample_weighting != "none"
+                else []
+            ),
         )
         stages["soft_labels"] = run_stage(
             "soft_labels",
             run.soft_labels,
             targets_fp,
             lambda: write_soft_labels(
-                run.logits, run.soft_labels, cfg.method, cfg.mode, cfg.temperature, fingerprint=targets_fp
+                run.logits,
+                run.soft_labels,
+                cfg.method,
+                cfg.mode,
+                cfg.temperature,
+                fingerprint=targets_fp,
+                teacher_temperatures=scfg.teacher_temperatures,
+                sample_weighting=cfg.sample_weighting,
             ),
             force=cfg.force,
             log=log,
@@ -536,7 +609,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         cfg.use_gpu,
     )
     run_name = f"student-{student_fp[:12]}"
-    student_dir = run.train_storage / run_name / "student"
+    student_dir = join(run.train_storage, run_name, "student")
     prior = read_sidecar(student_dir) or {}
     client = MlflowClient(tracking_uri=tracking_uri)
     if prior.get("fingerprint") == student_fp and not cfg.force and prior.get("mlflow_run_id"):
@@ -547,7 +620,8 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             run_name=f"{cfg.name}-{cfg.method}-{cfg.mode}",
             tags={
                 "zoo.job": "unify",
-                "zoo.run_dir": str(run.root.resolve()),
+                "zoo.run_dir": run.display,
+                "zoo.selected_by": selected_by,
                 "teachers": ",".join(f"{t['name']}:{t['version']}" for t in lineage_teachers),
             },
         )
@@ -572,7 +646,8 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             mlflow_tracking_uri=tracking_uri,
             mlflow_run_id=mlflow_run_id,
         )
-        if Path(result.model_dir).resolve() != student_dir.resolve():
+        # (With a URI run directory the model comes back as a local copy of what was uploaded there.)
+        if not run.is_remote and Path(result.model_dir).resolve() != Path(student_dir).resolve():
             raise RuntimeError(
                 f"train_student saved the student in {result.model_dir}, expected {student_dir}"
             )
@@ -593,8 +668,9 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             seconds=round(stages["student"].seconds, 3),
         )
 
-    # ---- evaluation per class group
-    student_acc = group_accuracy(_predict(student_dir, ev.images), ev.labels, groups)
+    # ---- evaluation per class group (the test set: reported, never used to choose)
+    with local_copy(student_dir) as d:
+        student_acc = group_accuracy(_predict(d, ev.images), ev.labels, groups)
 
     # ---- 6. SPV (demo split only)
     spv_acc = None
@@ -619,7 +695,8 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             log=log,
             sidecar=True,
         )
-        spv_acc = group_accuracy(_predict(run.spv, ev.images), ev.labels, groups)
+        with local_copy(run.spv) as d:
+            spv_acc = group_accuracy(_predict(d, ev.images), ev.labels, groups)
 
     # ---- 7. registration
     lineage = {
@@ -638,6 +715,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         "classes": list(space.classes),
         "mlflow_run_id": mlflow_run_id,
         "eval_source": ev.source,
+        "selected_by": selected_by,
     }
     reg_fp = fingerprint("register", STAGE_VERSION["register"], student_fp, cfg.name, tracking_uri)
     registered: dict[str, Any] = {}
@@ -645,9 +723,10 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
     def register() -> None:
         from zoo.pipeline.registration import register_student
 
-        record, champion = register_student(
-            registry, cfg.name, student_dir, lineage=lineage, metric="eval_accuracy", eval_fingerprint=eval_fp
-        )
+        with local_copy(student_dir) as d:
+            record, champion = register_student(
+                registry, cfg.name, d, lineage=lineage, metric="eval_accuracy", eval_fingerprint=eval_fp
+            )
         registered.update(
             {
                 "name": record.name,
@@ -662,7 +741,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
     stages["register"] = run_stage("register", run.registration, reg_fp, register, force=cfg.force, log=log)
     if not registered:
         registered.update(
-            {k: v for k, v in json.loads(run.registration.read_text()).items() if k != "fingerprint"}
+            {k: v for k, v in json.loads(read_text(run.registration)).items() if k != "fingerprint"}
         )
 
     # ---- MLflow: final metrics and the summary
@@ -687,6 +766,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         registered=registered,
         mlflow_run_id=mlflow_run_id,
         tracking_uri=tracking_uri,
+        selected_by=selected_by,
     )
     result.summary = format_summary(result, cfg, groups, mask, total)
     write_json_atomic(
@@ -696,6 +776,7 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             "method": cfg.method,
             "mode": cfg.mode,
             "temperature": cfg.temperature,
+            "selected_by": selected_by,
             "student_accuracy": student_acc,
             "spv_accuracy": spv_acc,
             "registered": registered,
@@ -706,7 +787,8 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
         },
         run.summary,
     )
-    client.log_artifact(mlflow_run_id, str(run.summary))
+    with local_copy(run.summary) as summary_file:
+        client.log_artifact(mlflow_run_id, str(summary_file))
     log(result.summary)
     return result
 
@@ -762,6 +844,8 @@ def student_config(cfg: UnifyConfig, student_input: Any) -> Any:
         temperature=cfg.temperature,
         seed=cfg.seed,
         optimizer=cfg.optimizer,
+        sample_weighting=cfg.sample_weighting,
+        augment=cfg.augment,
     )
 
 
@@ -837,6 +921,7 @@ def format_summary(
         "-" * 78,
         f"method {cfg.method}, mode {cfg.mode}, T={cfg.temperature:g}, student {cfg.arch}, "
         f"{cfg.epochs} epochs",
+        f"config selected by {res.selected_by}",
         "",
     ]
     cols = ["all", *groups]

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from zoo.pipeline.inference import read_logits
-from zoo.pipeline.stages import FINGERPRINT_KEY, parquet_metadata, write_parquet_atomic
+from zoo.pipeline.stages import FINGERPRINT_KEY, parquet_metadata, read_parquet, write_parquet_atomic
 
 __all__ = ["SoftLabels", "read_soft_labels", "write_soft_labels"]
 
@@ -49,13 +48,22 @@ def write_soft_labels(
     *,
     fingerprint: str | None = None,
     chunk_size: int = CHUNK,
+    teacher_temperatures: list[float] | None = None,
+    sample_weighting: str = "none",
     **solver_options: object,
 ) -> Path:
     """Estimate q with `zoo.unify.estimate_soft_labels` over `logits.parquet` in chunks of
     `chunk_size` samples (every method is per-sample, so chunking changes nothing), and in BS mode the
     class weights with `zoo.unify.balance_weights` (Sec. 3.5.2); write `soft_labels.parquet` atomically.
+
+    Levers (docs/unify.md, "Beyond the paper: levers"): ``teacher_temperatures`` [N] (one per teacher,
+    in logits.parquet's order) divide each teacher's logits first (`zoo.unify.calibration`);
+    ``sample_weighting="confidence"`` adds a column ``sample_weight`` (`zoo.unify.confidence`), which
+    the student's loss then applies per sample.
     """
     from zoo.unify import MODES, balance_weights, estimate_soft_labels, normalize_method
+    from zoo.unify.calibration import apply_teacher_temperatures
+    from zoo.unify.confidence import sample_weights
 
     method = normalize_method(method)
     mode = str(mode).lower()
@@ -65,6 +73,8 @@ def write_soft_labels(
         raise ValueError("mode 'bp' backpropagates the loss on the logits directly: it has no soft labels")
     lf = read_logits(logits_path)
     z, mask = lf.logits, lf.mask
+    if teacher_temperatures is not None:
+        z = apply_teacher_temperatures(z, teacher_temperatures)
     parts = []
     for s in tqdm(
         range(0, len(lf.ids), chunk_size),
@@ -89,10 +99,14 @@ def write_soft_labels(
         meta["zoo.weights"] = json.dumps(balance_weights(q).double().tolist())
     if fingerprint is not None:
         meta[FINGERPRINT_KEY] = fingerprint
+    if teacher_temperatures is not None:
+        meta["zoo.teacher_temperatures"] = json.dumps([float(t) for t in teacher_temperatures])
     flat = pa.array(np.ascontiguousarray(q.numpy()).reshape(-1))
-    table = pa.table(
-        {"id": pa.array(lf.ids, pa.string()), "q": pa.FixedSizeListArray.from_arrays(flat, big_l)}
-    )
+    columns = {"id": pa.array(lf.ids, pa.string()), "q": pa.FixedSizeListArray.from_arrays(flat, big_l)}
+    weight = sample_weights(z, mask, sample_weighting) if len(lf.ids) else None
+    if weight is not None:
+        columns["sample_weight"] = pa.array(weight.float().numpy())
+    table = pa.table(columns)
     return write_parquet_atomic(table, out_path, meta, row_group_size=65536)
 
 
@@ -102,7 +116,7 @@ def read_soft_labels(path: str | Path) -> SoftLabels:
     if "zoo.classes" not in meta:
         raise ValueError(f"{path} lacks zoo.classes metadata: not written by write_soft_labels")
     big_l = len(json.loads(meta["zoo.classes"]))
-    t = pq.read_table(path, columns=["id", "q"])
+    t = read_parquet(path, columns=["id", "q"])
     flat = t.column("q").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     q = torch.from_numpy(np.asarray(flat, dtype=np.float32).reshape(len(t), big_l).copy())
     weights = (

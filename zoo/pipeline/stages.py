@@ -6,6 +6,13 @@ else (a model directory, a metrics file). A rerun recomputes a stage only when t
 would write differs from the one on disk, so a crash loses at most the stage in flight; outputs are
 written to a temporary path beside the target and renamed into place, so no half-written file ever
 carries a valid fingerprint.
+
+Paths may be local paths or URIs (`s3://`, `gs://`, `file://`, anything `pyarrow.fs` opens), so that
+a run directory can live where every node of a cluster reaches it. Writers still write into a local
+temporary file (`atomic_path` yields one); for a URI it is then uploaded under a temporary name beside
+the target and moved into place (a rename on `file://`; on object stores the move is a copy and a
+delete, and an object becomes visible only once whole, so readers never see a partial file there
+either).
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
@@ -32,7 +41,15 @@ __all__ = [
     "atomic_dir",
     "atomic_path",
     "fingerprint",
+    "fs_path",
+    "is_uri",
+    "join",
+    "local_copy",
+    "parquet_file",
     "parquet_metadata",
+    "path_exists",
+    "read_parquet",
+    "read_text",
     "read_fingerprint",
     "read_sidecar",
     "run_stage",
@@ -43,6 +60,83 @@ __all__ = [
 
 FINGERPRINT_KEY = "zoo.fingerprint"
 T = TypeVar("T")
+PathLike = str | Path  # a local path or a URI (str)
+
+
+# ------------------------------------------------------------------------------ paths and URIs
+def is_uri(path: PathLike) -> bool:
+    """True for `scheme://...` (s3, gs, file, ...), False for a plain local path."""
+    return "://" in str(path)
+
+
+def fs_path(path: PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path (made absolute) or a URI."""
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(str(path))
+    return pafs.LocalFileSystem(), os.path.abspath(str(path))
+
+
+def join(base: PathLike, *parts: str) -> PathLike:
+    """`base / parts`: a Path for a local base, a URI string for a URI."""
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return Path(base).joinpath(*parts)
+
+
+def _info(path: PathLike) -> pafs.FileInfo:
+    fs, p = fs_path(path)
+    return fs.get_file_info(p)
+
+
+def path_exists(path: PathLike) -> bool:
+    """Whether a file or directory exists at a local path or URI."""
+    if not is_uri(path):
+        return Path(path).exists()
+    return _info(path).type != pafs.FileType.NotFound
+
+
+def _is_file(path: PathLike) -> bool:
+    return Path(path).is_file() if not is_uri(path) else _info(path).type == pafs.FileType.File
+
+
+def read_text(path: PathLike) -> str:
+    """The text of a file at a local path or URI."""
+    if not is_uri(path):
+        return Path(path).read_text()
+    fs, p = fs_path(path)
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def read_parquet(path: PathLike, columns: list[str] | None = None) -> pa.Table:
+    """`pq.read_table` for a local path or a URI."""
+    fs, p = fs_path(path)
+    return pq.read_table(p, columns=columns, filesystem=fs)
+
+
+def parquet_file(path: PathLike) -> pq.ParquetFile:
+    """A `pq.ParquetFile` on a local path or a URI (row groups read lazily)."""
+    if not is_uri(path):
+        return pq.ParquetFile(path)
+    fs, p = fs_path(path)
+    return pq.ParquetFile(fs.open_input_file(p))
+
+
+@contextlib.contextmanager
+def local_copy(path: PathLike) -> Iterator[Path]:
+    """A local path holding the file or directory at `path`: `path` itself when local, else a
+    temporary download (deleted when the block ends). For what needs a local file (model loading,
+    MLflow artifact upload)."""
+    if not is_uri(path):
+        yield Path(path)
+        return
+    fs, p = fs_path(path)
+    with tempfile.TemporaryDirectory(prefix="zoo-dl-") as tmp:
+        dest = Path(tmp) / p.rstrip("/").rsplit("/", 1)[-1]
+        if fs.get_file_info(p).type == pafs.FileType.Directory:
+            dest.mkdir()
+        pafs.copy_files(p, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield dest
 
 
 def _canonical(obj: Any) -> Any:
@@ -74,9 +168,14 @@ def fingerprint(*parts: Any) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto `path` when the block ends
-    without error, delete it otherwise (a crash leaves the old file, or nothing, never a partial one)."""
+    without error, delete it otherwise (a crash leaves the old file, or nothing, never a partial one).
+    For a URI the yielded path is a local temporary file, uploaded when the block ends (module doc)."""
+    if is_uri(path):
+        with _atomic_remote(str(path), suffix) as tmp:
+            yield tmp
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
@@ -91,9 +190,47 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def _atomic_remote(uri: str, suffix: str) -> Iterator[Path]:
+    fs, p = fs_path(uri)
+    parent, name = p.rstrip("/").rsplit("/", 1)
+    fd, local = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix or ".tmp")
+    os.close(fd)
+    remote_tmp = f"{parent}/.{name}.{uuid.uuid4().hex}{suffix or '.tmp'}"
+    try:
+        yield Path(local)
+        fs.create_dir(parent, recursive=True)
+        with open(local, "rb") as src, fs.open_output_stream(remote_tmp) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        # A rename where the file system has one (file://, HDFS): atomic. On S3/GCS a copy + delete;
+        # the target object appears whole when the copy completes, never partly written.
+        fs.move(remote_tmp, p)
+    finally:
+        os.unlink(local)
+        with contextlib.suppress(OSError):
+            if fs.get_file_info(remote_tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(remote_tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Like `atomic_path` for a directory: fill the yielded temporary directory; on success it
-    replaces `path` (an older version is removed first), on error it is deleted."""
+    replaces `path` (an older version is removed first), on error it is deleted. For a URI the local
+    directory is uploaded into place at the end; object stores have no atomic directory rename, so
+    a crash mid-upload can leave a partial directory there: stages that write directories
+    (`run_stage(..., sidecar=True)`) write the fingerprint sidecar only after, so such a directory
+    is never taken as done."""
+    if is_uri(path):
+        fs, p = fs_path(path)
+        tmp = Path(tempfile.mkdtemp(prefix="zoo-dir-"))
+        try:
+            yield tmp
+            if fs.get_file_info(p).type == pafs.FileType.Directory:
+                fs.delete_dir(p)
+            fs.create_dir(p, recursive=True)
+            pafs.copy_files(str(tmp), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -111,22 +248,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write `obj` as indented JSON to `path` through a temporary file."""
+def _same_kind(path: PathLike) -> PathLike:
+    return str(path) if is_uri(path) else Path(path)
+
+
+def write_json_atomic(obj: Any, path: PathLike) -> PathLike:
+    """Write `obj` as indented JSON to `path` (local or URI) through a temporary file."""
     with atomic_path(path, ".json") as tmp:
         tmp.write_text(json.dumps(_canonical(obj), indent=2, sort_keys=True) + "\n")
-    return Path(path)
+    return _same_kind(path)
 
 
-def parquet_metadata(path: str | Path) -> dict[str, str]:
+def parquet_metadata(path: PathLike) -> dict[str, str]:
     """The key-value schema metadata of a Parquet file, decoded to str (empty dict if none)."""
-    raw = pq.read_schema(path).metadata or {}
+    raw = (pq.read_schema(path) if not is_uri(path) else parquet_file(path).schema_arrow).metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def write_parquet_atomic(
-    table: pa.Table, path: str | Path, metadata: Mapping[str, str] | None = None, **write_kwargs: Any
-) -> Path:
+    table: pa.Table, path: PathLike, metadata: Mapping[str, str] | None = None, **write_kwargs: Any
+) -> PathLike:
     """Write `table` (with `metadata` merged into its schema metadata) to `path` through a temp file."""
     if metadata:
         merged = dict(table.schema.metadata or {})
@@ -134,43 +275,45 @@ def write_parquet_atomic(
         table = table.replace_schema_metadata(merged)
     with atomic_path(path, ".parquet") as tmp:
         pq.write_table(table, tmp, **write_kwargs)
-    return Path(path)
+    return _same_kind(path)
 
 
-def sidecar_path(path: str | Path) -> Path:
+def sidecar_path(path: PathLike) -> PathLike:
     """`<output>.json`, the sidecar holding the fingerprint of a non-Parquet output."""
+    if is_uri(path):
+        return str(path).rstrip("/") + ".json"
     path = Path(path)
     return path.with_name(path.name + ".json")
 
 
-def write_sidecar(path: str | Path, fp: str, **extra: Any) -> Path:
+def write_sidecar(path: PathLike, fp: str, **extra: Any) -> PathLike:
     """Record that `path` was computed from inputs with fingerprint `fp` (plus any `extra` facts)."""
     return write_json_atomic({"fingerprint": fp, **extra}, sidecar_path(path))
 
 
-def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+def read_sidecar(path: PathLike) -> dict[str, Any] | None:
     """The sidecar of `path`, or None when it is missing or unreadable."""
     side = sidecar_path(path)
     try:
-        return json.loads(side.read_text())
+        return json.loads(read_text(side))
     except (OSError, ValueError):
         return None
 
 
-def read_fingerprint(path: str | Path) -> str | None:
+def read_fingerprint(path: PathLike) -> str | None:
     """The fingerprint an output was written with: Parquet schema metadata, else the sidecar; None
     when the output or its fingerprint is missing (so the stage must run)."""
-    path = Path(path)
-    if not path.exists():
+    if not path_exists(path):
         return None
-    if path.is_file() and path.suffix == ".parquet":
+    suffix = os.path.splitext(str(path).rstrip("/"))[1]
+    if suffix == ".parquet" and _is_file(path):
         try:
             return parquet_metadata(path).get(FINGERPRINT_KEY)
         except (OSError, pa.ArrowInvalid):
             return None
-    if path.is_file() and path.suffix == ".json":  # a JSON output holds its own fingerprint
+    if suffix == ".json" and _is_file(path):  # a JSON output holds its own fingerprint
         try:
-            return json.loads(path.read_text()).get("fingerprint")
+            return json.loads(read_text(path)).get("fingerprint")
         except (OSError, ValueError, AttributeError):
             return None
     side = read_sidecar(path)
@@ -180,7 +323,7 @@ def read_fingerprint(path: str | Path) -> str | None:
 class StageResult:
     """What `run_stage` did: the output path, whether it was skipped, and the seconds it took."""
 
-    def __init__(self, name: str, path: Path, skipped: bool, seconds: float, value: Any = None):
+    def __init__(self, name: str, path: PathLike, skipped: bool, seconds: float, value: Any = None):
         self.name, self.path, self.skipped, self.seconds, self.value = name, path, skipped, seconds, value
 
     def __repr__(self) -> str:
@@ -190,7 +333,7 @@ class StageResult:
 
 def run_stage(
     name: str,
-    out_path: str | Path,
+    out_path: PathLike,
     fp: str,
     compute: Callable[[], Any],
     *,
@@ -202,7 +345,7 @@ def run_stage(
     date)"). `compute` must write `out_path` atomically with `fp` in it; with `sidecar=True` this
     function writes the `<out_path>.json` sidecar after `compute` returns (for outputs that cannot
     hold metadata), so an output whose sidecar is missing is recomputed."""
-    out_path = Path(out_path)
+    out_path = _same_kind(out_path)
     if not force and read_fingerprint(out_path) == fp:
         log(f"[{name}] skipped (up to date): {out_path}")
         return StageResult(name, out_path, True, 0.0)
@@ -219,46 +362,66 @@ def run_stage(
 
 
 class RunDir:
-    """The run directory `runs/<name>/` (configurable) and the fixed names of its stage outputs."""
+    """The run directory `runs/<name>/` (configurable) and the fixed names of its stage outputs.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    `root` is a local path (a `Path`) or a URI (`s3://bucket/runs/x`, `file:///mnt/zoo/runs/x`: a
+    `str`), so that workers on other nodes read and write the same files; the properties are of the
+    same kind (`join`)."""
+
+    def __init__(self, root: PathLike):
+        self.root: PathLike = str(root).rstrip("/") if is_uri(root) else Path(root)
+
+    @property
+    def is_remote(self) -> bool:
+        return is_uri(self.root)
 
     def ensure(self) -> RunDir:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.is_remote:
+            fs, p = fs_path(self.root)
+            fs.create_dir(p, recursive=True)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
         return self
 
-    @property
-    def transfer(self) -> Path:
-        return self.root / "transfer.parquet"
+    def path(self, *parts: str) -> PathLike:
+        return join(self.root, *parts)
 
     @property
-    def logits(self) -> Path:
-        return self.root / "logits.parquet"
+    def display(self) -> str:
+        """The root as shown and recorded (absolute for a local path)."""
+        return str(self.root) if self.is_remote else str(Path(self.root).resolve())
 
     @property
-    def soft_labels(self) -> Path:
-        return self.root / "soft_labels.parquet"
+    def transfer(self) -> PathLike:
+        return self.path("transfer.parquet")
 
     @property
-    def student(self) -> Path:
-        return self.root / "student"
+    def logits(self) -> PathLike:
+        return self.path("logits.parquet")
 
     @property
-    def train_storage(self) -> Path:
-        return self.root / "train"
+    def soft_labels(self) -> PathLike:
+        return self.path("soft_labels.parquet")
 
     @property
-    def spv(self) -> Path:
-        return self.root / "spv"
+    def student(self) -> PathLike:
+        return self.path("student")
 
     @property
-    def registration(self) -> Path:
-        return self.root / "registration.json"
+    def train_storage(self) -> PathLike:
+        return self.path("train")
 
     @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
+    def spv(self) -> PathLike:
+        return self.path("spv")
+
+    @property
+    def registration(self) -> PathLike:
+        return self.path("registration.json")
+
+    @property
+    def summary(self) -> PathLike:
+        return self.path("summary.json")
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"

@@ -11,9 +11,10 @@ under Train V2, and short trials do not pay Ray Train's start-up):
   trial builds its targets: q = estimate_soft_labels (E), plus balance_weights (BS), or the BP loss
   on the logits (`zoo.unify.unify_loss`), and trains with the same loss, batch order and schedule as
   the final Ray Train student (`zoo.pipeline.training`);
-- every epoch a trial reports `val_accuracy` (labelled validation set, when given), the label-free
-  proxies of `zoo.proxy` on transfer images held out of training, and `score`, the metric the sweep
-  maximises: the validation accuracy when there are labels, else the proxy agreement;
+- every epoch a trial reports `val_accuracy` (labelled validation set, when given: a split apart from
+  the test set, which must not choose the config it then reports on), the label-free proxies of
+  `zoo.proxy` on transfer images held out of training, and `score`, the metric the sweep maximises:
+  the validation accuracy when there are labels, else the proxy agreement;
 - ASHA stops poor trials early; at most `max_concurrent_trials` run at once (sized to the CPUs);
 - every trial is an MLflow run (params, per-epoch metrics, tag `mlflow.parentRunId` nesting it under
   the job's run) and writes TensorBoard events in its Tune trial directory; the parent run gets the
@@ -21,7 +22,8 @@ under Train V2, and short trials do not pay Ray Train's start-up):
 
 Files under `<run_dir>/sweep/`: `tune/` (Tune's experiment: trial dirs, TensorBoard events),
 `results.json` (every trial, the best config, fingerprint: a rerun with the same inputs returns it
-without training), `sweep.png`.
+without training), `sweep.png`. The run directory may be a URI (`s3://`, `file://`; Tune writes its
+experiment there with pyarrow.fs too).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import math
 import os
 import time
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -191,7 +194,8 @@ def prepare_data(
 ) -> SweepData:
     """Read transfer.parquet and logits.parquet of a run once, take a seeded subset of
     ``cfg.transfer_limit`` images, hold ``cfg.proxy_holdout`` of them out, and preprocess the images
-    (and ``eval_set``: an EvalSet or (images, labels), subset to ``cfg.eval_limit``) to ``spec``."""
+    (and ``eval_set``, the labelled validation set: an EvalSet or (images, labels), subset to
+    ``cfg.eval_limit``) to ``spec``. Paths may be URIs."""
     from zoo.artifacts import preprocess
     from zoo.pipeline.inference import read_logits
     from zoo.pipeline.training import load_targets, load_transfer_images
@@ -237,15 +241,21 @@ def prepare_data(
 
 
 # ----------------------------------------------------------------------------------------- trial
-def trial_targets(data: SweepData, method: str, mode: str, temperature: float) -> dict[str, Any]:
+def trial_targets(
+    data: SweepData,
+    method: str,
+    mode: str,
+    temperature: float,
+    levers: Mapping[str, Any] | None = None,
+    student_logits: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """The targets `zoo.pipeline.training`'s loss takes: q (+ BS weights, Sec. 3.5.2) for E and BS,
-    the logits and mask for BP (Sec. 3.5.1)."""
-    from zoo.unify import balance_weights, estimate_soft_labels
+    the logits and mask for BP (Sec. 3.5.1), with the lever options in ``levers``
+    (`zoo.pipeline.training.build_targets`; ``student_logits``: a previous self-training round's)."""
+    from zoo.pipeline.training import build_targets
 
-    if mode == "bp":
-        return {"logits": data.train_logits, "mask": data.mask}
-    q = estimate_soft_labels(data.train_logits, data.mask, method, temperature).float()
-    return {"q": q, "weights": balance_weights(q).float() if mode == "bs" else None}
+    cfg = {**dict(levers or {}), "method": method, "mode": mode, "temperature": temperature}
+    return build_targets(data.train_logits, data.mask, cfg, student_logits)
 
 
 def train_trial(
@@ -263,14 +273,39 @@ def train_trial(
     seed, schedule); the loss, the batch order (seed, epoch) and the lr schedule are the final
     student's (`zoo.pipeline.training`), so a trial is a short run of the final job.
     """
-    from zoo.architectures import build_model
-    from zoo.pipeline.training import epoch_order, lr_at, make_loss
-    from zoo.proxy import proxy_scores
-    from zoo.train import evaluate, pick_device, predict_logits
+    from zoo.train import pick_device, predict_logits
 
     dev = pick_device(device)
     cfg = {**student.to_dict(), **dict(trial), "epochs": int(epochs)}
-    targets = trial_targets(data, cfg["method"], cfg["mode"], cfg["temperature"])
+    history: list[dict[str, Any]] = []
+    student_logits = None
+    # Lever self_train_rounds (zoo.unify.self_training): each round retrains from the same initial
+    # weights on q re-estimated with the previous round's student as one more teacher.
+    rounds = int(cfg.get("self_train_rounds", 0))
+    for r in range(rounds + 1):
+        targets = trial_targets(data, cfg["method"], cfg["mode"], cfg["temperature"], cfg, student_logits)
+        model, history = _fit_trial(data, cfg, targets, student, epochs, report if r == rounds else None, dev)
+        if r < rounds:
+            student_logits = predict_logits(model, data.train_images)
+    return history
+
+
+def _fit_trial(
+    data: SweepData,
+    cfg: dict[str, Any],
+    targets: dict[str, Any],
+    student: Any,
+    epochs: int,
+    report: Callable[[dict[str, Any]], None] | None,
+    dev: torch.device,
+) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """One student trained on ``targets`` (train_trial's loop): the model and its per-epoch metrics."""
+    from zoo.architectures import build_model
+    from zoo.pipeline.training import augment_generator, epoch_order, lr_at, make_loss
+    from zoo.proxy import proxy_scores
+    from zoo.train import evaluate, predict_logits
+    from zoo.unify.augment import random_translate
+
     loss_fn = make_loss(cfg, targets, dev)
     spec = student.input
     # Same initial weights and batches for every trial (paper 001, Sec. 4.1.1).
@@ -297,12 +332,14 @@ def train_trial(
             group["lr"] = lr_at(cfg, epoch)
         model.train()
         order = epoch_order(n, cfg["seed"], epoch, 1, 0).to(dev)
+        gen = augment_generator(cfg, epoch)
         total, count = 0.0, 0
         for s in range(0, n, bs):
             idx = order[s : s + bs]
             if len(idx) < 2 and count:  # BatchNorm cannot train on a batch of one
                 continue
-            loss = loss_fn(model(images[idx]), idx)
+            x = images[idx] if gen is None else random_translate(images[idx], gen)
+            loss = loss_fn(model(x), idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -323,7 +360,17 @@ def train_trial(
         history.append(metrics)
         if report is not None:
             report(dict(metrics))
-    return history
+        if not math.isfinite(train_loss):
+            # Diverged (logit-space BP losses at a high lr or T = 1, noisy teachers): the weights are
+            # NaN from here on, so further epochs only cost time; the trial's score says it failed.
+            warnings.warn(
+                f"trial {cfg['method']}-{cfg['mode']} T={cfg['temperature']} lr={cfg['lr']}: the student's "
+                f"loss is not finite at epoch {epoch + 1}; stopped (lower the lr)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            break
+    return model, history
 
 
 def _score_key(cfg: SweepConfig, has_labels: bool) -> str:
@@ -357,8 +404,8 @@ class SweepResult:
     trials: list[dict[str, Any]]  # config, last metrics, epochs run, per-epoch history, error
     # Spearman rank correlation of each proxy with val accuracy over the trials (labels given only).
     spearman_proxy_accuracy: dict[str, float] | None
-    plot_path: Path | None
-    results_path: Path
+    plot_path: Path | str | None  # a local path, or a URI under a URI run directory
+    results_path: Path | str
     mlflow_run_id: str | None
     tune_path: str
     seconds: float
@@ -415,7 +462,9 @@ def plot_sweep(trials: Sequence[Mapping[str, Any]], metric: str, path: str | Pat
         fontsize=9,
     )
     fig.tight_layout()
-    path = Path(path)
+    from zoo.pipeline.stages import is_uri
+
+    path = str(path) if is_uri(path) else Path(path)
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -482,8 +531,10 @@ def run_sweep(
     method, mode, temperature, lr) for the final student. Needs a running Ray.
 
     ``student``: the job's `StudentConfig` (arch, input contract, batch size, optimiser, seed);
-    ``eval_set``: an `EvalSet` (or (images, labels)) of labelled validation images over the union
-    classes, else the sweep ranks trials by the label-free proxy (`zoo.proxy`). Trials are MLflow runs
+    ``eval_set``: an `EvalSet` (or (images, labels)) of labelled *validation* images over the union
+    classes (not the test set the final student is reported on: choosing on it would make that report
+    optimistic), else the sweep ranks trials by the label-free proxy (`zoo.proxy`). ``run_dir`` may
+    be a URI. Trials are MLflow runs
     in the parent's experiment, nested under ``parent_run_id`` (a "sweep" run is created when None).
     A rerun with the same inputs and config returns the recorded result without training (``force``
     reruns).
@@ -492,21 +543,29 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from zoo.pipeline.stages import fingerprint, read_fingerprint, write_json_atomic
+    from zoo.pipeline.stages import (
+        fingerprint,
+        is_uri,
+        join,
+        path_exists,
+        read_fingerprint,
+        read_text,
+        write_json_atomic,
+    )
 
     if not ray.is_initialized():
         raise RuntimeError("run_sweep needs a running Ray: call ray.init() (or ray.init(address=...)) first")
     t_start = time.perf_counter()
-    run_dir = Path(run_dir).resolve()
-    transfer_path, logits_path = run_dir / "transfer.parquet", run_dir / "logits.parquet"
+    run_dir = str(run_dir).rstrip("/") if is_uri(run_dir) else Path(run_dir).resolve()
+    transfer_path, logits_path = join(run_dir, "transfer.parquet"), join(run_dir, "logits.parquet")
     for p, stage in ((transfer_path, "transfer set"), (logits_path, "teacher inference")):
-        if not p.is_file():
+        if not path_exists(p):
             raise FileNotFoundError(
                 f"{p} is missing: the sweep reuses the run's cached {stage}; run the main job's stages first "
                 "(python jobs/unify.py --run-dir ...)"
             )
-    sweep_dir = run_dir / "sweep"
-    results_path = sweep_dir / "results.json"
+    sweep_dir = join(run_dir, "sweep")
+    results_path = join(sweep_dir, "results.json")
     eval_fp = None
     if eval_set is not None:
         from zoo.pipeline.training import EvalSet
@@ -522,11 +581,12 @@ def run_sweep(
         student.to_dict(),
         eval_fp,
     )
-    if not force and results_path.is_file():
-        prior = json.loads(results_path.read_text())
+    if not force and path_exists(results_path):
+        prior = json.loads(read_text(results_path))
         if prior.get("fingerprint") == fp:
             log(f"[sweep] up to date ({results_path}): best {prior['best_config']}")
-            plot = Path(prior["plot_path"]) if prior.get("plot_path") else None
+            plot = prior.get("plot_path") or None
+            plot = Path(plot) if plot and not is_uri(plot) else plot
             return SweepResult(
                 best_config=prior["best_config"],
                 best_score=prior["best_score"],
@@ -646,7 +706,7 @@ def run_sweep(
         acc = [t["metrics"]["val_accuracy"] for t in ranked]
         rho = {name: spearman([t["metrics"][f"proxy_{name}"] for t in ranked], acc) for name in PROXIES}
         rho = {k: v for k, v in rho.items() if not math.isnan(v)} or None
-    plot_path = plot_sweep(trials, score_key, sweep_dir / "sweep.png")
+    plot_path = plot_sweep(trials, score_key, join(sweep_dir, "sweep.png"))
     seconds = time.perf_counter() - t_start
     result = SweepResult(
         best_config=dict(best["config"]),
@@ -657,7 +717,7 @@ def run_sweep(
         plot_path=plot_path,
         results_path=results_path,
         mlflow_run_id=parent_id,
-        tune_path=str(sweep_dir / tune_name),
+        tune_path=str(join(sweep_dir, tune_name)),
         seconds=seconds,
     )
     write_json_atomic({"fingerprint": fp, **result.to_dict()}, results_path)
@@ -767,8 +827,12 @@ def _log_parent(
         params=[Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing],
     )
     client.set_tag(run_id, "sweep.best_config", json.dumps(res.best_config, sort_keys=True))
+    from zoo.pipeline.stages import local_copy
+
     if res.plot_path is not None:
-        client.log_artifact(run_id, str(res.plot_path), "sweep")
-    client.log_artifact(run_id, str(res.results_path), "sweep")
+        with local_copy(res.plot_path) as f:
+            client.log_artifact(run_id, str(f), "sweep")
+    with local_copy(res.results_path) as f:
+        client.log_artifact(run_id, str(f), "sweep")
     if created:
         client.set_terminated(run_id)

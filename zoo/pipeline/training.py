@@ -45,6 +45,7 @@ __all__ = [
     "EvalSet",
     "StudentConfig",
     "TrainResult",
+    "StudentDiverged",
     "TargetError",
     "load_targets",
     "read_table",
@@ -66,6 +67,10 @@ class TargetError(ValueError):
     """The transfer set and the targets file do not fit together (ids, classes, mode, method)."""
 
 
+class StudentDiverged(FloatingPointError):
+    """The student's training loss became NaN or infinite (the weights are lost): lower the lr."""
+
+
 @dataclass
 class StudentConfig:
     """What the student is and how it is trained. The schedule follows paper 001, Sec. 4.1.1: SGD with
@@ -85,10 +90,18 @@ class StudentConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_step_at: float = 0.5
+    # Levers beyond paper 001 (docs/unify.md, "Beyond the paper: levers"; zoo/unify/<lever>.py):
+    teacher_temperatures: list[float] | None = None  # per-teacher calibration before estimation
+    sample_weighting: str = (
+        "none"  # "confidence": down-weight samples no teacher claims (E/BS; BP ignores it)
+    )
+    augment: bool = False  # random per-sample translations of the transfer images while training
+    self_train_rounds: int = 0  # retrain with the student added as a teacher over all classes
 
     def __post_init__(self) -> None:
         if isinstance(self.input, dict):
             self.input = InputSpec.from_dict(self.input)
+        check_levers(asdict(self))
         if self.mode not in MODES:
             raise ValueError(f"StudentConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -269,7 +282,12 @@ def load_targets(
                 raise TargetError(
                     f"{targets_path}: BS weights have shape {tuple(weights.shape)}, expected ({L},)"
                 )
-        return {"q": q, "weights": weights}
+        # Lever sample_weighting: per-sample loss weights written by write_soft_labels.
+        sample_weights = None
+        if "sample_weight" in table.column_names:
+            col = table.column("sample_weight").to_numpy().astype(np.float32)
+            sample_weights = torch.from_numpy(col[order])
+        return {"q": q, "weights": weights, "sample_weights": sample_weights}
 
     if "logits" not in table.column_names:
         raise TargetError(
@@ -297,9 +315,66 @@ def load_targets(
     return {"logits": logits, "mask": mask}
 
 
+def check_levers(cfg: dict[str, Any]) -> None:
+    """Validate the lever options of a student config (StudentConfig's fields, or a sweep trial's
+    dict): ValueError naming the option and the fix."""
+    from zoo.unify.confidence import SAMPLE_WEIGHTINGS
+
+    temps = cfg.get("teacher_temperatures")
+    if temps is not None and (
+        not isinstance(temps, (list, tuple)) or not temps or not all(float(t) > 0 for t in temps)
+    ):
+        raise ValueError(
+            f"teacher_temperatures must be null or a list of numbers > 0 (one per teacher); got {temps!r}"
+        )
+    weighting = cfg.get("sample_weighting", "none")
+    if weighting not in SAMPLE_WEIGHTINGS:
+        raise ValueError(f"sample_weighting must be one of {SAMPLE_WEIGHTINGS}; got {weighting!r}")
+    rounds = cfg.get("self_train_rounds", 0)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ValueError(f"self_train_rounds must be an int >= 0; got {rounds!r}")
+    if not isinstance(cfg.get("augment", False), bool):
+        raise ValueError(f"augment must be true or false; got {cfg.get('augment')!r}")
+
+
+def build_targets(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: dict[str, Any],
+    student_logits: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The loss targets of a student config from the teachers' logits [B, N, L] and mask [N, L]:
+    {"q", "weights", "sample_weights"} (E, BS) or {"logits", "mask"} (BP), with the config's levers:
+    ``teacher_temperatures`` (zoo.unify.calibration) applied first, ``student_logits`` [B, L] (a
+    previous round's student, zoo.unify.self_training) added as a teacher over all classes, and
+    ``sample_weighting`` (zoo.unify.confidence) from the (calibrated) teachers alone (E and BS only: a
+    sweep may pair a lever set with every mode, and BP has no per-sample soft-label term to weigh)."""
+    from zoo.unify import balance_weights, estimate_soft_labels
+    from zoo.unify.calibration import apply_teacher_temperatures
+    from zoo.unify.confidence import sample_weights
+    from zoo.unify.self_training import add_student_teacher
+
+    check_levers(cfg)
+    if cfg.get("teacher_temperatures") is not None:
+        logits = apply_teacher_temperatures(logits, cfg["teacher_temperatures"])
+    teachers, teacher_mask = logits, mask
+    if student_logits is not None:
+        logits, mask = add_student_teacher(logits, mask, student_logits)
+    if cfg["mode"] == "bp":
+        return {"logits": logits, "mask": mask}
+    q = estimate_soft_labels(logits, mask, cfg["method"], cfg["temperature"]).float()
+    return {
+        "q": q,
+        "weights": balance_weights(q).float() if cfg["mode"] == "bs" else None,
+        "sample_weights": sample_weights(teachers, teacher_mask, cfg.get("sample_weighting", "none")),
+    }
+
+
 def make_loss(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device):
-    """loss(student_logits, idx) for a batch of transfer-set indices (the targets live on ``device``)."""
+    """loss(student_logits, idx) for a batch of transfer-set indices (the targets live on ``device``).
+    ``targets["sample_weights"]`` [B] (lever `sample_weighting`, E/BS only) weighs each sample."""
     from zoo.unify import soft_cross_entropy, unify_loss
+    from zoo.unify.confidence import weighted_soft_cross_entropy
 
     if cfg["mode"] == "bp":
         logits, mask = targets["logits"].to(device), targets["mask"].to(device)
@@ -308,7 +383,19 @@ def make_loss(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device
     q = targets["q"].to(device)
     w = targets["weights"].to(device) if targets["weights"] is not None else None
     T = cfg["temperature"]
+    s = targets.get("sample_weights")
+    if s is not None:
+        s = s.to(device)
+        return lambda out, idx: weighted_soft_cross_entropy(out, q[idx], s[idx], temperature=T, weights=w)
     return lambda out, idx: soft_cross_entropy(out, q[idx], temperature=T, weights=w)
+
+
+def augment_generator(cfg: dict[str, Any], epoch: int, rank: int = 0) -> torch.Generator | None:
+    """The CPU generator of an epoch's augmentation (lever ``augment``), seeded by (seed, epoch, rank)
+    like the batch order; None when augment is off."""
+    if not cfg.get("augment", False):
+        return None
+    return torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + epoch + 7_919 * (rank + 1))
 
 
 def epoch_order(n: int, seed: int, epoch: int, world_size: int, rank: int) -> torch.Tensor:
@@ -461,6 +548,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_images = preprocess(ev_images, spec).to(device)
         eval_labels = torch.as_tensor(ev_labels, dtype=torch.int64).to(device)
 
+    from zoo.unify.augment import random_translate
+
     n = len(ids)
     per_rank_batch = math.ceil(cfg["batch_size"] / world)
     bar = tqdm(total=epochs, initial=start_epoch, desc="train student", unit="epoch", disable=rank != 0)
@@ -470,10 +559,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             group["lr"] = lr_at(cfg, epoch)
         model.train()
         order = epoch_order(n, cfg["seed"], epoch, world, rank).to(device)
+        gen = augment_generator(cfg, epoch, rank)
         total, count = torch.zeros((), device=device), 0
         for s in range(0, len(order), per_rank_batch):
             idx = order[s : s + per_rank_batch]
-            loss = loss_fn(model(images[idx]), idx)
+            x = images[idx] if gen is None else random_translate(images[idx], gen)
+            loss = loss_fn(model(x), idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -509,6 +600,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 _save_checkpoint(Path(tmp), bare, opt, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if not math.isfinite(train_loss):
+            break  # diverged: every rank sees the same all-reduced loss; the driver raises StudentDiverged
     bar.close()
 
 
@@ -624,6 +717,11 @@ def train_student(
 
     if not isinstance(cfg, StudentConfig):
         raise TypeError(f"cfg must be a StudentConfig, got {type(cfg).__name__}")
+    if cfg.self_train_rounds:
+        raise ValueError(
+            "self_train_rounds > 0 is a lever of the sweep's train_trial only; the Ray Train student "
+            "trains one round: set self_train_rounds to 0"
+        )
     if not ray.is_initialized():
         raise RuntimeError(
             "train_student needs a running Ray: call ray.init() (or ray.init(address=...)) first"
@@ -693,6 +791,13 @@ def train_student(
         state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
         weights = load_file(str(Path(d) / CHECKPOINT_WEIGHTS))
     history = state["history"]
+    if history and not math.isfinite(history[-1]["train_loss"]):
+        raise StudentDiverged(
+            f"the student's loss is {history[-1]['train_loss']} at epoch {history[-1]['epoch'] + 1} "
+            f"({cfg.method}-{cfg.mode}, T={cfg.temperature}, lr={cfg.lr}): training diverged. Lower the lr "
+            "(the logit-space BP losses of MF-LF and MF-LU need about 5x less than the E/BS modes) or "
+            "raise the temperature; nothing was registered"
+        )
     spec_in = cfg.input
     model = build_model(
         cfg.arch,
@@ -739,6 +844,7 @@ def train_student(
         model_dir = Path(tempfile.mkdtemp(prefix="student-")) / "student"
         save_model(model, spec, model_dir)
         fs, p = _fs_path(_join(run_dir, "student"))
+        fs.create_dir(p, recursive=True)  # needed where directories are real (file://, HDFS)
         pafs.copy_files(str(model_dir), p, destination_filesystem=fs)
     else:
         model_dir = Path(run_dir) / "student"

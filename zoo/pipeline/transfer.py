@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from zoo.pipeline.stages import FINGERPRINT_KEY, atomic_path, fingerprint, parquet_metadata
+from zoo.pipeline.stages import (
+    FINGERPRINT_KEY,
+    atomic_path,
+    fingerprint,
+    is_uri,
+    parquet_metadata,
+    read_parquet,
+)
 
 __all__ = [
     "IMAGE_COLUMNS",
@@ -196,7 +203,7 @@ def materialize_transfer_set(
     fingerprint: str | None = None,
     limit: int | None = None,
     row_group_size: int = ROW_GROUP_SIZE,
-) -> Path:
+) -> str | Path:
     """Validate a transfer set and write it to `out_path` as Parquet (`id`, `image` encoded bytes).
 
     `source`: a directory of images (any depth), a Parquet file or directory of Parquet files with an
@@ -205,7 +212,7 @@ def materialize_transfer_set(
     (the first few are named, with the count) or duplicate ids raise `TransferSetError` and leave
     nothing behind. `limit` keeps the first `limit` images. The schema metadata holds `fingerprint`
     (the stage's input fingerprint) and `zoo.content_sha256` (of ids and bytes: the transfer set's
-    identity in lineage).
+    identity in lineage). `out_path` may be a URI (`s3://`, `file://`).
     """
     from zoo.data import ImageDecodeError, decode_image
 
@@ -288,7 +295,7 @@ def materialize_transfer_set(
     if fingerprint is not None:
         meta[FINGERPRINT_KEY] = fingerprint
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
-    out_path = Path(out_path)
+    out_path = str(out_path) if is_uri(out_path) else Path(out_path)  # a local path or a URI
     with atomic_path(out_path, ".parquet") as tmp:
         pq.write_table(table, tmp, row_group_size=max(1, row_group_size), compression="snappy")
     return out_path
@@ -296,12 +303,12 @@ def materialize_transfer_set(
 
 def read_transfer_ids(path: str | Path) -> list[str]:
     """The sample ids of a materialised transfer set, in row order."""
-    return pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return read_parquet(path, columns=["id"]).column("id").to_pylist()
 
 
 def read_transfer_images(path: str | Path) -> tuple[list[str], list[bytes]]:
     """Ids and encoded image bytes of a materialised transfer set, in row order."""
-    t = pq.read_table(path, columns=["id", "image"])
+    t = read_parquet(path, columns=["id", "image"])
     return t.column("id").to_pylist(), t.column("image").to_pylist()
 
 

@@ -1,0 +1,268 @@
+"""Levers beyond paper 001 (zoo/unify/{calibration,confidence,augment,self_training}.py): the pure
+functions, and that each option reaches the student's loss through build_targets / make_loss /
+train_trial. Fast: tiny tensors, one tiny training run per option."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zoo.artifacts import InputSpec
+from zoo.pipeline.sweep import SweepData, train_trial
+from zoo.pipeline.training import StudentConfig, build_targets, make_loss
+from zoo.unify import estimate_soft_labels, soft_cross_entropy
+from zoo.unify.augment import random_translate
+from zoo.unify.calibration import apply_teacher_temperatures, fit_temperature
+from zoo.unify.confidence import confidence_scores, sample_weights, weighted_soft_cross_entropy
+from zoo.unify.self_training import add_student_teacher
+
+MASK = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+
+
+def _logits(b: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 2, 4, generator=g) * 3
+
+
+# ------------------------------------------------------------------------------------ calibration
+@pytest.mark.parametrize("t_true", [0.5, 2.0])
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_at(t_true):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6000, 4, generator=g) * 2
+    labels = torch.multinomial(torch.softmax(base, -1), 1, generator=g).squeeze(1)
+    # A teacher whose logits are t_true times too large (over-confident for t_true > 1).
+    t = fit_temperature(base * t_true, labels)
+    assert abs(t - t_true) / t_true < 0.1
+
+
+def test_fit_temperature_rejects_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        fit_temperature(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(ValueError, match="equally many"):
+        fit_temperature(torch.randn(5, 3), torch.tensor([0, 1]))
+
+
+def test_apply_teacher_temperatures_divides_each_teacher():
+    z = _logits()
+    out = apply_teacher_temperatures(z, [2.0, 0.5])
+    assert torch.allclose(out[:, 0], z[:, 0] / 2) and torch.allclose(out[:, 1], z[:, 1] * 2)
+    with pytest.raises(ValueError, match="one per teacher"):
+        apply_teacher_temperatures(z, [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        apply_teacher_temperatures(z, [1.0, 0.0])
+
+
+def test_calibration_changes_which_teacher_wins_a_disagreement():
+    # Teacher 0 says class 1, teacher 1 says class 2, equally sure: CE picks by the margins. Cooling
+    # teacher 1 (t > 1: it is over-confident) hands class 1 the win.
+    z = torch.zeros(1, 2, 4)
+    z[0, 0] = torch.tensor([0.0, 4.0, 0.0, 0.0])
+    z[0, 1] = torch.tensor([0.0, 0.0, 4.5, 0.0])
+    before = estimate_soft_labels(z, MASK, "ce", 1.0).argmax(-1).item()
+    after = estimate_soft_labels(apply_teacher_temperatures(z, [1.0, 3.0]), MASK, "ce", 1.0).argmax(-1).item()
+    assert (before, after) == (2, 1)
+
+
+# ------------------------------------------------------------------------------------- confidence
+def test_confidence_scores_ignore_masked_entries_and_rank_confident_samples_first():
+    z = torch.zeros(2, 2, 4)
+    z[0, 0, 0] = 8.0  # teacher 0 is sure of sample 0
+    z[:, 0, 3] = float("inf")  # masked: must not count
+    z[:, 1, 0] = float("nan")  # masked
+    c = confidence_scores(z, MASK)
+    assert torch.isfinite(c).all() and c[0] > 0.99 and abs(c[1] - 1 / 3) < 1e-6
+
+
+def test_sample_weights_have_mean_one_and_threshold_drops():
+    z = _logits(64)
+    s = sample_weights(z, MASK, "confidence")
+    assert abs(float(s.mean()) - 1) < 1e-5 and (s > 0).all()
+    c = confidence_scores(z, MASK)
+    thr = float(c.median())
+    s2 = sample_weights(z, MASK, "confidence", threshold=thr)
+    assert torch.equal(s2 == 0, c < thr)
+    assert sample_weights(z, MASK, "none") is None
+    with pytest.raises(ValueError, match="sample_weighting"):
+        sample_weights(z, MASK, "entropy")
+
+
+def test_weighted_soft_cross_entropy_reduces_to_soft_cross_entropy_with_unit_weights():
+    out, q = torch.randn(8, 4), torch.softmax(torch.randn(8, 4), -1)
+    w = torch.rand(4) + 0.5
+    a = weighted_soft_cross_entropy(out, q, torch.ones(8), 3.0, w)
+    assert torch.allclose(a, soft_cross_entropy(out, q, 3.0, w))
+    s = torch.zeros(8)
+    s[0] = 8.0  # all the weight on sample 0
+    assert torch.allclose(
+        weighted_soft_cross_entropy(out, q, s, 3.0), soft_cross_entropy(out[:1], q[:1], 3.0)
+    )
+
+
+# ---------------------------------------------------------------------------------------- augment
+def test_random_translate_shifts_each_sample_and_is_seeded():
+    x = torch.randn(16, 1, 8, 8)
+    y = random_translate(x, torch.Generator().manual_seed(0), pad=1)
+    assert y.shape == x.shape
+    assert torch.equal(y, random_translate(x, torch.Generator().manual_seed(0), pad=1))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifts = set()
+    for b in range(16):
+        found = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(y[b], padded[b, :, dy : dy + 8, dx : dx + 8])
+        ]
+        assert found, f"sample {b} is not a translation of its input"
+        shifts.add(found[0])
+    assert len(shifts) > 1  # per-sample shifts, not one per batch
+    assert torch.equal(random_translate(x, torch.Generator(), pad=0), x)
+
+
+# ---------------------------------------------------------------------------------- self-training
+def test_add_student_teacher_appends_a_teacher_over_all_classes():
+    z, s = _logits(8), torch.randn(8, 4)
+    z2, m2 = add_student_teacher(z, MASK, s)
+    assert z2.shape == (8, 3, 4) and m2[2].all() and torch.equal(z2[:, 2], s) and torch.equal(m2[:2], MASK)
+    q = estimate_soft_labels(z2, m2, "ce", 3.0)
+    assert torch.allclose(q.sum(-1), torch.ones(8), atol=1e-5)
+    with pytest.raises(ValueError, match="student_logits"):
+        add_student_teacher(z, MASK, torch.randn(8, 3))
+
+
+# ------------------------------------------------------------------- the options reach the student
+def _cfg(**levers):
+    return {"method": "ce", "mode": "bs", "temperature": 3.0, **levers}
+
+
+def test_build_targets_and_make_loss_honour_the_levers():
+    z = _logits(32)
+    base = build_targets(z, MASK, _cfg())
+    assert base["sample_weights"] is None
+    calib = build_targets(z, MASK, _cfg(teacher_temperatures=[1.0, 4.0]))
+    assert not torch.allclose(calib["q"], base["q"])
+    weighted = build_targets(z, MASK, _cfg(sample_weighting="confidence"))
+    assert weighted["sample_weights"].shape == (32,)
+    out, idx = torch.randn(32, 4), torch.arange(32)
+    dev = torch.device("cpu")
+    l0 = make_loss(_cfg(), base, dev)(out, idx)
+    l1 = make_loss(_cfg(), weighted, dev)(out, idx)
+    assert not torch.allclose(l0, l1)
+    selfed = build_targets(z, MASK, _cfg(), student_logits=torch.randn(32, 4) * 5)
+    assert not torch.allclose(selfed["q"], base["q"])
+    bp = build_targets(z, MASK, {**_cfg(sample_weighting="confidence"), "mode": "bp"})
+    assert set(bp) == {"logits", "mask"}
+
+
+def _tiny_data() -> SweepData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 1, 8, 8, generator=g)
+    z = _logits(48, seed=2)
+    return SweepData(
+        train_images=x[:40],
+        train_logits=z[:40],
+        holdout_images=x[40:],
+        holdout_logits=z[40:],
+        mask=MASK,
+        classes=["a", "b", "c", "d"],
+        val_images=x[:16],
+        val_labels=torch.arange(16) % 4,
+    )
+
+
+def test_each_lever_reaches_train_trial():
+    data = _tiny_data()
+    student = StudentConfig(
+        arch="mlp", arch_kwargs={"hidden": 16, "layers": 1}, input=InputSpec(1, 8, 8, (0.0,), (1.0,)),
+        batch_size=16, seed=0,
+    )  # fmt: skip
+    trial = {"method": "ce", "mode": "bs", "temperature": 3.0, "lr": 0.1}
+    loss = [train_trial(data, trial, student, 1)[-1]["train_loss"]]
+    for levers in (
+        {"teacher_temperatures": [1.0, 5.0]},
+        {"sample_weighting": "confidence"},
+        {"augment": True},
+        {"self_train_rounds": 1},
+    ):
+        loss.append(train_trial(data, {**trial, **levers}, student, 1)[-1]["train_loss"])
+    assert len(set(loss)) == len(loss), f"some option changed nothing: {loss}"
+    with pytest.raises(ValueError, match="one per teacher"):
+        train_trial(data, {**trial, "teacher_temperatures": [1.0]}, student, 1)
+    with pytest.raises(ValueError, match="self_train_rounds"):
+        StudentConfig(arch="mlp", arch_kwargs={}, input=student.input, self_train_rounds=-1)
+
+
+def test_the_job_path_carries_calibration_and_sample_weights(tmp_path):
+    """Main job: write_soft_labels (stage 4) applies the temperatures and writes the sample weights;
+    load_targets (the Ray Train worker's reader) hands them to make_loss."""
+    import json
+
+    import pyarrow as pa
+
+    from zoo.labels import build_label_space
+    from zoo.pipeline.soft_labels import write_soft_labels
+    from zoo.pipeline.stages import write_parquet_atomic
+    from zoo.pipeline.training import load_targets
+    from zoo.unify.calibration import apply_teacher_temperatures as cool
+    from zoo.unify.confidence import sample_weights as weigh
+
+    space = build_label_space([["a", "b", "c"], ["b", "c", "d"]], ["t0", "t1"])
+    z = _logits(24) * space.mask
+    ids = [f"s{i}" for i in range(24)]
+    col = pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1).numpy()), 2 * space.num_classes)
+    meta = {
+        "zoo.label_space": json.dumps(space.to_dict()),
+        "zoo.mask": json.dumps(space.mask.tolist()),
+        "zoo.teachers": json.dumps([{"name": n, "version": 1, "run_id": None} for n in space.teachers]),
+    }
+    logits = write_parquet_atomic(pa.table({"id": ids, "logits": col}), tmp_path / "logits.parquet", meta)
+    out = write_soft_labels(
+        logits, tmp_path / "q.parquet", "ce", "bs", 3.0, teacher_temperatures=[1.0, 4.0],
+        sample_weighting="confidence",
+    )  # fmt: skip
+    t = load_targets(out, ids[::-1], list(space.classes), "bs", "ce")
+    zc = cool(z, [1.0, 4.0])
+    torch.testing.assert_close(t["q"], estimate_soft_labels(zc, space.mask, "ce", 3.0).float().flip(0))
+    torch.testing.assert_close(t["sample_weights"], weigh(zc, space.mask).float().flip(0))
+    plain = load_targets(
+        write_soft_labels(logits, tmp_path / "p.parquet", "ce", "bs", 3.0),
+        ids,
+        list(space.classes),
+        "bs",
+        "ce",
+    )
+    assert plain["sample_weights"] is None
+
+
+def test_job_config_validates_the_lever_options_and_passes_them_to_the_student():
+    from zoo.config import ConfigError, config_from_args, load_config
+    from zoo.pipeline.job import student_config
+
+    cfg = config_from_args(["--sample-weighting", "confidence", "--augment"])
+    scfg = student_config(cfg, InputSpec(1, 28, 28, (0.3,), (0.35,)))
+    assert (scfg.sample_weighting, scfg.augment) == ("confidence", True)
+    for bad, match in (
+        ({"sample_weighting": "entropy"}, "sample_weighting"),
+        ({"sample_weighting": "confidence", "mode": "bp"}, "bp"),
+        ({"teacher_temperatures": {"t0": 0}}, "teacher_temperatures"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_config(overrides=bad)
+
+
+def test_a_diverging_student_stops_with_a_warning():
+    """A NaN loss (here: an absurd lr on the logit-space BP loss) ends the trial at that epoch with a
+    RuntimeWarning instead of training NaN weights for the remaining epochs."""
+    data = _tiny_data()
+    student = StudentConfig(
+        arch="mlp", arch_kwargs={"hidden": 16, "layers": 1}, input=InputSpec(1, 8, 8, (0.0,), (1.0,)),
+        batch_size=16, seed=0,
+    )  # fmt: skip
+    trial = {"method": "mf-lf", "mode": "bp", "temperature": 1.0, "lr": 1e12}
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        history = train_trial(data, trial, student, 5)
+    assert len(history) < 5 and not math.isfinite(history[-1]["train_loss"])
+    sane = train_trial(data, {**trial, "lr": 0.01}, student, 2)
+    assert len(sane) == 2 and all(math.isfinite(h["train_loss"]) for h in sane)

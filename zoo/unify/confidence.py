@@ -1,0 +1,73 @@
+"""Lever: down-weight transfer samples no teacher claims confidently (beyond paper 001).
+
+Paper 001's transfer set is drawn from all the data set's classes, so some of it (here ~20%) lies
+outside the union L_U; every teacher still spreads its probability over its own classes for such an
+image and the estimators turn that into a confident-looking q over L_U. A per-sample weight s_b in the
+student's loss, sum_b s_b CE(q_b, p_b) / sum_b s_b, lets the samples that some teacher recognises
+dominate. The score is the largest probability any teacher gives any of its classes at T = 1
+(max_i max_{l in L_i} p_i(l | x_b)); s_b = score^power, rescaled to mean 1 over the transfer set so the
+loss keeps its scale (and the learning rate its meaning). ``threshold`` drops (s_b = 0) samples below it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import check_logits, check_temperature, check_weights
+
+__all__ = ["SAMPLE_WEIGHTINGS", "confidence_scores", "sample_weights", "weighted_soft_cross_entropy"]
+
+SAMPLE_WEIGHTINGS = ("none", "confidence")
+
+
+def confidence_scores(logits: Tensor, mask: Tensor) -> Tensor:
+    """c [B] = max_i max_{l in L_i} softmax(z_i over L_i)_l, teacher logits [B, N, L] at T = 1."""
+    logits, mask = check_logits(logits, mask)
+    z = torch.where(mask, logits, torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device))
+    return torch.softmax(z.float(), dim=-1).amax(dim=(1, 2))
+
+
+def sample_weights(
+    logits: Tensor, mask: Tensor, weighting: str = "confidence", power: float = 1.0, threshold: float = 0.0
+) -> Tensor | None:
+    """Per-sample loss weights s [B] (mean 1), or None for ``weighting="none"``.
+
+    "confidence": s_b proportional to confidence_scores^power, 0 where the score is below ``threshold``.
+    """
+    if weighting not in SAMPLE_WEIGHTINGS:
+        raise ValueError(f"sample_weighting must be one of {SAMPLE_WEIGHTINGS}; got {weighting!r}")
+    if weighting == "none":
+        return None
+    if not power >= 0 or not 0 <= threshold < 1:
+        raise ValueError(f"need confidence power >= 0 and 0 <= threshold < 1; got {power}, {threshold}")
+    c = confidence_scores(logits, mask)
+    s = c.pow(power) * (c >= threshold)
+    if not bool((s > 0).any()):
+        raise ValueError(f"every transfer sample scores below the confidence threshold {threshold}: lower it")
+    return s / s.mean()
+
+
+def weighted_soft_cross_entropy(
+    student_logits: Tensor,
+    q: Tensor,
+    sample_weights: Tensor,
+    temperature: float = 3.0,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """mean_b s_b * (-sum_l w_l q_bl log softmax(student_logits_b / T)_l): `soft_cross_entropy`
+    (E / BS modes) with per-sample weights s [B] (from `sample_weights`, mean 1 over the transfer set)."""
+    temperature = check_temperature(temperature)
+    if student_logits.dim() != 2 or tuple(q.shape) != tuple(student_logits.shape):
+        raise ValueError(
+            f"student_logits and q must both be [B, L]; got {tuple(student_logits.shape)}, {tuple(q.shape)}"
+        )
+    if tuple(sample_weights.shape) != (student_logits.shape[0],):
+        raise ValueError(
+            f"sample_weights must be [B] = [{student_logits.shape[0]}]; got {tuple(sample_weights.shape)}"
+        )
+    weights = check_weights(weights, student_logits.shape[1], student_logits)
+    term = q.to(student_logits.dtype) * torch.log_softmax(student_logits / temperature, dim=-1)
+    if weights is not None:
+        term = term * weights
+    return -(term.sum(-1) * sample_weights.to(student_logits.dtype)).mean()
