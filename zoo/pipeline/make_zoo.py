@@ -450,6 +450,7 @@ def _log_params(client: Any, run_id: str, cfg: DemoConfig, ds: Dataset, split: D
         union_classes=json.dumps(list(split.union_classes)),
         transfer_size_actual=str(len(split.transfer_indices)),
         eval_size=str(len(split.eval_indices)),
+        val_size_actual=str(len(split.val_indices)),
     )
     client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
 
