@@ -345,7 +345,7 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
     from zoo.config import ConfigError, config_from_args, load_config
 
     cfg = load_config()  # configs/default.yaml
-    assert cfg.zoo == "fmnist-demo" and cfg.method == "mf-lf" and cfg.mode == "bs" and cfg.temperature == 3.0
+    assert cfg.zoo == "fmnist-demo" and cfg.method == "ce" and cfg.mode == "bs" and cfg.temperature == 3.0
     y = tmp_path / "c.yaml"
     y.write_text("method: sd\nmode: e\nepochs: 7\ntemperature: 2\nteachers: [a, b]\ntags: {zoo: x}\n")
     cfg = config_from_args(["--config", str(y), "--epochs", "3", "--tag", "k=v", "--teachers", "c,d:2"])

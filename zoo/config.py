@@ -57,7 +57,7 @@ class UnifyConfig:
     inference_threads: int | None = None
     inference_strategy: str = "fused"
     # stage 3: soft labels
-    method: str = "mf-lf"
+    method: str = "ce"  # CE-BS: see configs/default.yaml for why
     mode: str = "bs"
     temperature: float = 3.0
     # levers beyond paper 001 (docs/unify.md, "Beyond the paper: levers"); defaults as measured in
