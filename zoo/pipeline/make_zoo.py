@@ -147,7 +147,7 @@ def train_teacher(
     torch.manual_seed(seed)
     model = build_model(arch, len(classes), spec.channels, (spec.height, spec.width), **dict(arch_kwargs))
     x = preprocess(images, spec)
-    y = torch.as_tensor(labels, dtype=torch.int64)
+    y = torch.as_tensor(np.array(labels, dtype=np.int64))  # a copy: Ray hands tasks read-only arrays
     fit_classifier(
         model,
         x,
