@@ -1098,7 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=["size", "temperature", "accuracy"],
         help="Fig. 3 axes to run (none: pass the flag alone)",
     )
-    ap.add_argument("--sens-trials", type=int, default=1, help="trials (seeds 0..n-1) per sensitivity point")
+    ap.add_argument("--sens-trials", type=int, default=10, help="trials (seeds 0..n-1) per sensitivity point")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000, 50000])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 3.0, 6.0, 10.0])
     ap.add_argument("--accuracies", type=float, nargs="+", default=[0.5, 0.65, 0.8])
