@@ -15,7 +15,7 @@ from zoo.pipeline.training import StudentConfig, build_targets, make_loss
 from zoo.unify import estimate_soft_labels, soft_cross_entropy
 from zoo.unify.augment import random_translate
 from zoo.unify.calibration import apply_teacher_temperatures, fit_temperature
-from zoo.unify.confidence import confidence_scores, sample_weights, weighted_soft_cross_entropy
+from zoo.unify.confidence import confidence_scores, sample_weights
 from zoo.unify.self_training import add_student_teacher
 
 MASK = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
@@ -88,15 +88,15 @@ def test_sample_weights_have_mean_one_and_threshold_drops():
         sample_weights(z, MASK, "entropy")
 
 
-def test_weighted_soft_cross_entropy_reduces_to_soft_cross_entropy_with_unit_weights():
+def test_sample_weights_in_soft_cross_entropy():
     out, q = torch.randn(8, 4), torch.softmax(torch.randn(8, 4), -1)
     w = torch.rand(4) + 0.5
-    a = weighted_soft_cross_entropy(out, q, torch.ones(8), 3.0, w)
+    a = soft_cross_entropy(out, q, 3.0, w, sample_weights=torch.ones(8))
     assert torch.allclose(a, soft_cross_entropy(out, q, 3.0, w))
     s = torch.zeros(8)
     s[0] = 8.0  # all the weight on sample 0
     assert torch.allclose(
-        weighted_soft_cross_entropy(out, q, s, 3.0), soft_cross_entropy(out[:1], q[:1], 3.0)
+        soft_cross_entropy(out, q, 3.0, sample_weights=s), soft_cross_entropy(out[:1], q[:1], 3.0)
     )
 
 

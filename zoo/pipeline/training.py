@@ -374,7 +374,6 @@ def make_loss(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device
     """loss(student_logits, idx) for a batch of transfer-set indices (the targets live on ``device``).
     ``targets["sample_weights"]`` [B] (lever `sample_weighting`, E/BS only) weighs each sample."""
     from zoo.unify import soft_cross_entropy, unify_loss
-    from zoo.unify.confidence import weighted_soft_cross_entropy
 
     if cfg["mode"] == "bp":
         logits, mask = targets["logits"].to(device), targets["mask"].to(device)
@@ -384,10 +383,10 @@ def make_loss(cfg: dict[str, Any], targets: dict[str, Any], device: torch.device
     w = targets["weights"].to(device) if targets["weights"] is not None else None
     T = cfg["temperature"]
     s = targets.get("sample_weights")
-    if s is not None:
-        s = s.to(device)
-        return lambda out, idx: weighted_soft_cross_entropy(out, q[idx], s[idx], temperature=T, weights=w)
-    return lambda out, idx: soft_cross_entropy(out, q[idx], temperature=T, weights=w)
+    s = s.to(device) if s is not None else None
+    return lambda out, idx: soft_cross_entropy(
+        out, q[idx], temperature=T, weights=w, sample_weights=None if s is None else s[idx]
+    )
 
 
 def augment_generator(cfg: dict[str, Any], epoch: int, rank: int = 0) -> torch.Generator | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import check_logits, check_temperature, check_weights
+from ._common import check_logits
 
-__all__ = ["SAMPLE_WEIGHTINGS", "confidence_scores", "sample_weights", "weighted_soft_cross_entropy"]
+__all__ = ["SAMPLE_WEIGHTINGS", "confidence_scores", "sample_weights"]
 
 SAMPLE_WEIGHTINGS = ("none", "confidence")
 
@@ -46,28 +46,3 @@ def sample_weights(
     if not bool((s > 0).any()):
         raise ValueError(f"every transfer sample scores below the confidence threshold {threshold}: lower it")
     return s / s.mean()
-
-
-def weighted_soft_cross_entropy(
-    student_logits: Tensor,
-    q: Tensor,
-    sample_weights: Tensor,
-    temperature: float = 3.0,
-    weights: Tensor | None = None,
-) -> Tensor:
-    """mean_b s_b * (-sum_l w_l q_bl log softmax(student_logits_b / T)_l): `soft_cross_entropy`
-    (E / BS modes) with per-sample weights s [B] (from `sample_weights`, mean 1 over the transfer set)."""
-    temperature = check_temperature(temperature)
-    if student_logits.dim() != 2 or tuple(q.shape) != tuple(student_logits.shape):
-        raise ValueError(
-            f"student_logits and q must both be [B, L]; got {tuple(student_logits.shape)}, {tuple(q.shape)}"
-        )
-    if tuple(sample_weights.shape) != (student_logits.shape[0],):
-        raise ValueError(
-            f"sample_weights must be [B] = [{student_logits.shape[0]}]; got {tuple(sample_weights.shape)}"
-        )
-    weights = check_weights(weights, student_logits.shape[1], student_logits)
-    term = q.to(student_logits.dtype) * torch.log_softmax(student_logits / temperature, dim=-1)
-    if weights is not None:
-        term = term * weights
-    return -(term.sum(-1) * sample_weights.to(student_logits.dtype)).mean()

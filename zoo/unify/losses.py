@@ -54,11 +54,17 @@ def unify_loss(
 
 
 def soft_cross_entropy(
-    student_logits: Tensor, q: Tensor, temperature: float = 3.0, weights: Tensor | None = None
+    student_logits: Tensor,
+    q: Tensor,
+    temperature: float = 3.0,
+    weights: Tensor | None = None,
+    sample_weights: Tensor | None = None,
 ) -> Tensor:
     """-sum_l w_l q_l log softmax(student_logits / T)_l, averaged over the batch (E and BS modes).
 
-    student_logits [B, L]; q [B, L] soft labels (estimate_soft_labels); weights [L] from balance_weights.
+    student_logits [B, L]; q [B, L] soft labels (estimate_soft_labels); weights [L] from balance_weights;
+    sample_weights [B] (lever `sample_weighting`, zoo.unify.confidence.sample_weights) weigh each
+    sample's term in the batch mean.
     """
     temperature = check_temperature(temperature)
     if not isinstance(student_logits, Tensor) or student_logits.dim() != 2:
@@ -68,8 +74,15 @@ def soft_cross_entropy(
         raise ValueError(
             f"q must have the student's shape [B, L] = {list(student_logits.shape)}; got {shape}"
         )
+    if sample_weights is not None and tuple(sample_weights.shape) != (student_logits.shape[0],):
+        raise ValueError(
+            f"sample_weights must be [B] = [{student_logits.shape[0]}]; got {tuple(sample_weights.shape)}"
+        )
     weights = check_weights(weights, student_logits.shape[1], student_logits)
     term = q.to(student_logits.dtype) * torch.log_softmax(student_logits / temperature, dim=-1)
     if weights is not None:
         term = term * weights
-    return -term.sum(-1).mean()
+    per_sample = term.sum(-1)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(student_logits.dtype)
+    return -per_sample.mean()
