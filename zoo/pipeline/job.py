@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -646,8 +647,11 @@ def _run_unify(cfg: UnifyConfig, log: Callable[[str], None], start_ray: Callable
             mlflow_tracking_uri=tracking_uri,
             mlflow_run_id=mlflow_run_id,
         )
-        # (With a URI run directory the model comes back as a local copy of what was uploaded there.)
-        if not run.is_remote and Path(result.model_dir).resolve() != Path(student_dir).resolve():
+        if run.is_remote:
+            # The model comes back as a local temporary copy of what was uploaded to the run directory;
+            # the job reads the uploaded one (local_copy below), so the temporary one goes.
+            shutil.rmtree(Path(result.model_dir).parent, ignore_errors=True)
+        elif Path(result.model_dir).resolve() != Path(student_dir).resolve():
             raise RuntimeError(
                 f"train_student saved the student in {result.model_dir}, expected {student_dir}"
             )
