@@ -11,6 +11,9 @@ no stem max-pool); later max-pools that would shrink the feature map below 2 pix
 classifier heads use adaptive pooling and are sized for the feature map actually reached. At ImageNet
 sizes the torchvision layouts are kept (only the first conv's channels change, and SqueezeNet loses
 the ReLU after its last conv so that its logits can be negative).
+
+`split_head` splits any model these builders return into its penultimate features and its last
+linear layer (teacher features for papers 002 and 003).
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "SMALL_INPUT", "MIN_IMAGE_SIZE", "Builder", "build_model", "arch_kwargs_of"]
+__all__ = [
+    "ARCHITECTURES",
+    "SMALL_INPUT",
+    "MIN_IMAGE_SIZE",
+    "Builder",
+    "build_model",
+    "arch_kwargs_of",
+    "split_head",
+    "feature_dim",
+]
 
 Builder = Callable[..., nn.Module]
 
@@ -396,3 +408,153 @@ def build_model(
         hint = f"it accepts {sorted(accepted)}" if accepted else "it accepts none"
         raise ValueError(f"architecture {arch!r} got unknown keyword arguments {unknown}; {hint}")
     return ARCHITECTURES[arch](num_classes, in_channels, size, **arch_kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# features + head: the penultimate layer ("the last layer before softmax", papers 002 and 003)
+
+
+class _SpatialMean(nn.Module):
+    """[B, C, H, W] -> [B, C], the global average ShuffleNet V2's forward takes (`x.mean([2, 3])`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean([2, 3])
+
+
+class _Conv1x1AsLinear(nn.Linear):
+    """A 1x1 convolution read as the Linear it is on pooled features, sharing its parameters.
+
+    SqueezeNet ends in a 1x1 conv (stride 1, no padding) and a global average pool. Both are linear and
+    the conv acts on each pixel alike, so pool(conv(x)) = W pool(x) + b with W the conv's weight as
+    [out, in]. `weight` is a view of the conv's [out, in, 1, 1] weight and `bias` is the conv's: no
+    copy, gradients reach the conv, the model's state_dict is untouched (this head's own state_dict
+    holds the conv's tensors under `conv.`)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        nn.Module.__init__(self)  # not nn.Linear.__init__: it would allocate a weight of its own
+        self.conv = conv
+        self.in_features = conv.in_channels
+        self.out_features = conv.out_channels
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return self.conv.weight.flatten(1)
+
+    @property
+    def bias(self) -> torch.Tensor | None:  # type: ignore[override]
+        return self.conv.bias
+
+
+def _cannot_split(model: nn.Module, why: str) -> ValueError:
+    return ValueError(f"architecture {type(model).__name__} cannot be split into features + head: {why}")
+
+
+def _linear_head(model: nn.Module, head: object, where: str) -> nn.Linear:
+    if not isinstance(head, nn.Linear):
+        raise _cannot_split(model, f"{where} is {type(head).__name__}, expected nn.Linear")
+    return head
+
+
+def _split_resnet(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """torchvision ResNet: everything up to the flattened global pool; head `fc`."""
+    m = model
+    embed = nn.Sequential(
+        m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4, m.avgpool, nn.Flatten(1)
+    )
+    return embed, _linear_head(model, m.fc, "fc")
+
+
+def _split_pooled(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """features -> avgpool -> flatten -> classifier (VGG, AlexNet, _PooledNet, MobileNetV3,
+    EfficientNet): embed runs the classifier up to its last layer, which is the head."""
+    classifier = model.classifier
+    if not isinstance(classifier, nn.Sequential) or len(classifier) == 0:
+        raise _cannot_split(model, f"its classifier is {type(classifier).__name__}, expected nn.Sequential")
+    head = _linear_head(model, classifier[-1], "the classifier's last layer")
+    return nn.Sequential(model.features, model.avgpool, nn.Flatten(1), *classifier[:-1]), head
+
+
+def _split_shufflenet(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """torchvision ShuffleNet V2: up to conv5 and the spatial mean; head `fc`."""
+    m = model
+    embed = nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3, m.stage4, m.conv5, _SpatialMean())
+    return embed, _linear_head(model, m.fc, "fc")
+
+
+def _split_squeezenet(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """The builder's SqueezeNet (classifier = Dropout, 1x1 conv, global average pool): embed is
+    features -> dropout -> pool -> flatten, the head the conv read as a Linear (_Conv1x1AsLinear).
+    torchvision's own layout (a ReLU between conv and pool) is not linear after the pool: refused."""
+    layers = list(model.classifier)
+    kinds = [type(layer) for layer in layers]
+    if kinds != [nn.Dropout, nn.Conv2d, nn.AdaptiveAvgPool2d]:
+        names = [k.__name__ for k in kinds]
+        raise _cannot_split(
+            model,
+            f"classifier is {names}, expected [Dropout, Conv2d, AdaptiveAvgPool2d] (no ReLU after the conv)",
+        )
+    dropout, conv, pool = layers
+    pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in (0, (0, 0))
+    if not pointwise or conv.groups != 1 or pool.output_size not in (1, (1, 1)):
+        raise _cannot_split(
+            model, "the final conv must be 1x1, stride 1, unpadded, ungrouped, then a 1x1 pool"
+        )
+    return nn.Sequential(model.features, dropout, pool, nn.Flatten(1)), _Conv1x1AsLinear(conv)
+
+
+def _split_small_cnn(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    return nn.Sequential(model.features, model.pool, nn.Flatten(1)), _linear_head(model, model.fc, "fc")
+
+
+def _split_mlp(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """The last hidden layer's activations (the flattened image itself when layers = 0)."""
+    return nn.Sequential(nn.Flatten(1), model.hidden), _linear_head(model, model.fc, "fc")
+
+
+# Keyed by exact class: a subclass may override forward, so its split would not be known to be exact.
+_SPLITTERS: Mapping[type, Callable[[nn.Module], tuple[nn.Module, nn.Linear]]] = MappingProxyType(
+    {
+        torchvision.models.ResNet: _split_resnet,
+        torchvision.models.VGG: _split_pooled,
+        torchvision.models.AlexNet: _split_pooled,
+        _PooledNet: _split_pooled,
+        torchvision.models.MobileNetV3: _split_pooled,
+        torchvision.models.EfficientNet: _split_pooled,
+        torchvision.models.ShuffleNetV2: _split_shufflenet,
+        torchvision.models.SqueezeNet: _split_squeezenet,
+        SmallCNN: _split_small_cnn,
+        MLP: _split_mlp,
+    }
+)
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """Split an allow-listed model into (embed, head) with head(embed(x)) == model(x).
+
+    `embed` maps images [B, C, H, W] to the penultimate features [B, D] ("the last layer before
+    softmax", papers 002 and 003); `head` is the final nn.Linear, weight [num_classes, D]. Both hold
+    the model's own modules (no copies, the model is not modified): training them trains the model,
+    and moving or putting them in eval/train mode does so to those modules.
+
+    Dropout before the last Linear (VGG, AlexNet, MobileNetV3, EfficientNet, SqueezeNet) sits at the
+    end of `embed`, so the equality holds in eval mode (in train mode only for the same random state).
+    SqueezeNet ends in a 1x1 conv and a global average pool; its head is an exact equivalent, an
+    nn.Linear subclass whose weight is a view of the conv's (see _Conv1x1AsLinear).
+
+    The architecture is recognised by the module's class as the builders of this file return it (any
+    input size); raises ValueError for another module, or for one whose last layer was replaced by
+    something that is not linear.
+    """
+    splitter = _SPLITTERS.get(type(model))
+    if splitter is None:
+        classes = ", ".join(sorted(cls.__name__ for cls in _SPLITTERS))
+        raise ValueError(
+            f"split_head expects a model built by zoo.architectures.build_model (one of "
+            f"{', '.join(ARCHITECTURES)}; module classes {classes}), got {type(model).__qualname__}"
+        )
+    return splitter(model)
+
+
+def feature_dim(model: nn.Module) -> int:
+    """D, the size of the penultimate features `split_head(model)[0]` returns."""
+    return split_head(model)[1].in_features
