@@ -47,7 +47,7 @@ def build_teachers(root: Path, seed: int = 0):
     from zoo.data import FASHION_MNIST_CLASSES
     from zoo.demo import DEFAULT_ARCHS, parse_arch
     from zoo.labels import build_label_space
-    from zoo.pipeline.inference import TeacherRef
+    from zoo.pipeline.teachers import Teacher
 
     rng = np.random.default_rng(seed)
     refs, classes = [], []
@@ -57,10 +57,9 @@ def build_teachers(root: Path, seed: int = 0):
         cls = [FASHION_MNIST_CLASSES[c] for c in rng.choice(8, size=4, replace=False)]
         torch.manual_seed(seed + i)
         model = build_model(arch, len(cls), in_channels=1, image_size=28, **kw)
-        d = save_model(
-            model, ModelSpec(arch=arch, classes=cls, input=spec_in, arch_kwargs=kw), root / f"t{i}"
-        )
-        refs.append(TeacherRef(f"t{i}-{arch_spec}", 1, Path(d), None))
+        spec = ModelSpec(arch=arch, classes=cls, input=spec_in, arch_kwargs=kw)
+        d = save_model(model, spec, root / f"t{i}")
+        refs.append(Teacher(f"t{i}-{arch_spec}", 1, Path(d), None, spec))
         classes.append(cls)
     return refs, build_label_space(classes, [r.name for r in refs])
 
@@ -105,39 +104,29 @@ def plain_loop(transfer: Path, teachers, space, batch_size: int) -> dict:
     return {"start": t0, "first_batch": first, "first_rows": first_rows, "end": end, "rows": rows}
 
 
-def ray_stage(
-    transfer: Path, teachers, space, out: Path, actors: int, threads: int, batch_size: int, strategy: str
-) -> dict:
+def ray_stage(transfer: Path, teachers, space, out: Path, actors: int, threads: int, batch_size: int) -> dict:
+    """The product's stage, timed from its `progress` callback (rows written by the driver)."""
     from zoo.pipeline.inference import run_teacher_inference
 
-    stats: dict = {}
-    t0 = time.perf_counter()
+    stats: dict = {"start": time.perf_counter()}
+
+    def progress(rows: int) -> None:
+        if "first_batch" not in stats:
+            stats.update(first_batch=time.perf_counter(), first_rows=rows)
+
     run_teacher_inference(
-        transfer,
-        teachers,
-        space,
-        out,
-        batch_size=batch_size,
-        concurrency=actors,
-        num_threads=threads,
-        strategy=strategy,
-        stats=stats,
-    )
-    stats["start"] = t0
+        transfer, teachers, space, out, batch_size=batch_size, concurrency=actors, num_threads=threads,
+        progress=progress,
+    )  # fmt: skip
+    stats.update(end=time.perf_counter(), rows=pq.ParquetFile(out).metadata.num_rows)
     return stats
 
 
 def rates(s: dict) -> tuple[float, float]:
-    """(end-to-end seconds, steady-state images/s). Steady state: images scored after the first
-    scored batch / time from it to the last one (actors: their own t_done stamps, as the driver
-    receives rows late and in bursts; plain loop: the same, batch by batch)."""
+    """(end-to-end seconds, steady-state images/s). Steady state: images written after the first
+    written batch / time from it to the last one (the driver receives rows in bursts, so this is a
+    lower bound of the actors' own rate; plain loop: the same, batch by batch)."""
     total = s["end"] - s["start"]
-    if s.get("t_done"):
-        t = np.concatenate(s["t_done"])
-        first = t.min()
-        after = int((t > first).sum())
-        span = t.max() - first
-        return total, (after / span if span > 0 else float("nan"))
     steady_t = s["end"] - s["first_batch"]
     steady = (s["rows"] - s["first_rows"]) / steady_t if steady_t > 0 else float("nan")
     return total, steady
@@ -149,7 +138,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--configs",
         default="1x2x512,2x1x512,2x1x1024",
-        help="Ray configurations ACTORSxTHREADSxBATCH[xchained], comma-separated",
+        help="Ray configurations ACTORSxTHREADSxBATCH, comma-separated",
     )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=None, help="Ray logical CPUs (default max(4, 2 x cores))")
@@ -160,10 +149,7 @@ def main(argv=None) -> int:
     import ray
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    configs = []
-    for c in args.configs.split(","):
-        parts = c.split("x")
-        configs.append((int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) > 3 else "fused"))
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     load0 = os.getloadavg()
     t_ray = time.perf_counter()
     ray.init(
@@ -215,15 +201,15 @@ def write_markdown(path: Path, rows, ray_startup: float, load0, load1, args) -> 
         "",
         f"Ray start-up (`ray.init`, not included below): {ray_startup:.1f} s.",
         "",
-        "| images | Ray config (actors x threads x batch, strategy) | plain e2e s | Ray e2e s | e2e ratio "
+        "| images | Ray config (actors x threads x batch) | plain e2e s | Ray e2e s | e2e ratio "
         "| plain steady img/s | Ray steady img/s | steady ratio |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         (pe, ps), (re_, rs) = r["plain"], r["ray"]
-        a, t, b, s = r["cfg"]
+        a, t, b = r["cfg"]
         lines.append(
-            f"| {r['n']} | {a} x {t} x {b}, {s} | {pe:.1f} | {re_:.1f} | {pe / re_:.2f} | {ps:.0f} "
+            f"| {r['n']} | {a} x {t} x {b} | {pe:.1f} | {re_:.1f} | {pe / re_:.2f} | {ps:.0f} "
             f"| {rs:.0f} | {rs / ps:.2f} |"
         )
     lines += [

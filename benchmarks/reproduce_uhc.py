@@ -12,7 +12,7 @@ code paths:
   through `zoo.pipeline.sweep.train_trial`, which trains a student with the main job's loss, batch
   order and lr schedule; the same initial weights and batch order for every method of a trial
   (the student's seed is the trial's seed, Sec. 4.1.1);
-- SPV: `zoo.pipeline.job._train_spv`, the job's own SPV (the student's architecture trained
+- SPV: `zoo.pipeline.spv.train_spv`, the job's own SPV (the student's architecture trained
   supervised on the union of the teachers' training data, with the teachers' recipe);
 - the test set: the Fashion-MNIST test images of L_U (as in the paper, the evaluation set).
 
@@ -42,13 +42,12 @@ Library use (no work at import time)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ CACHE_VERSION = 1
 
 # The student: sized so one trains in a few seconds on one core (measured: see docs/reproduce.md).
 # SGD with momentum 0.9, lr for the first half of the epochs then lr / 10 (Sec. 4.1.1, the main
-# job's schedule, `zoo.pipeline.training.lr_at`).
+# job's schedule, `zoo.train.Schedule`).
 STUDENT: dict[str, Any] = {
     "arch": "mlp",
     "arch_kwargs": {"hidden": 128, "layers": 1},
@@ -129,7 +128,7 @@ class Trial:
     teacher_accuracy: float | None = None
     teachers: list[dict[str, Any]] = field(default_factory=list)  # arch, classes, accuracies, sigma
     split: Any = None  # the zoo.demo.DemoSplit
-    _soft_labels: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict, repr=False)
+    _targets: dict[tuple[str, float, str], Any] = field(default_factory=dict, repr=False)
 
     @property
     def key(self) -> str:
@@ -153,17 +152,17 @@ _DATASET: Any = None
 
 
 def dataset() -> Any:
-    """Fashion-MNIST (`zoo.pipeline.make_zoo.load_dataset`), loaded once per process."""
+    """Fashion-MNIST (`zoo.pipeline.datasets.load_dataset`), loaded once per process."""
     global _DATASET
     if _DATASET is None:
-        from zoo.pipeline.make_zoo import load_dataset
+        from zoo.pipeline.datasets import load_dataset
 
         _DATASET = load_dataset()
     return _DATASET
 
 
 def _spec() -> Any:
-    from zoo.pipeline.make_zoo import input_spec_for
+    from zoo.pipeline.datasets import input_spec_for
 
     return input_spec_for(dataset().images_train)
 
@@ -434,80 +433,78 @@ def make_trial(
 
 
 # ---------------------------------------------------------------------------------------- students
-def student_config(seed: int, **overrides: Any) -> Any:
-    """The student's `zoo.pipeline.training.StudentConfig` (STUDENT, seeded by the trial: the same
-    initial weights and batch order for every method of a trial)."""
-    from zoo.artifacts import InputSpec
-    from zoo.pipeline.training import StudentConfig
+def student(trial: Trial, epochs: int, lr: float) -> tuple[Any, Any]:
+    """The student's network (STUDENT over the trial's classes) and `zoo.train.Schedule`, seeded by
+    the trial: the same initial weights and batch order for every method of a trial."""
+    from zoo.artifacts import ModelSpec
+    from zoo.train import Schedule
 
-    spec = _spec()
-    kw = {**STUDENT, **overrides}
-    return StudentConfig(input=InputSpec.from_dict(spec.to_dict()), seed=int(seed), **kw)
+    spec = ModelSpec(STUDENT["arch"], list(trial.data.classes), _spec(), dict(STUDENT["arch_kwargs"]))
+    schedule = Schedule(
+        epochs=epochs,
+        lr=lr,
+        batch_size=STUDENT["batch_size"],
+        optimizer=STUDENT["optimizer"],
+        seed=int(trial.seed),
+    )
+    return spec, schedule
 
 
-@contextlib.contextmanager
-def _shared_soft_labels(trial: Trial) -> Iterator[None]:
-    """Within the block, `zoo.unify.estimate_soft_labels` on this trial's own transfer logits (the same
-    tensor object, no solver options) is computed once per (method, T) and reused: E and BS train on
-    the same q (BS only adds class weights, Sec. 3.5.2), and MF-P's and MF-LU's ALS take minutes on
-    20k images here. A pure function on the same inputs: the results are those of a fresh call.
-    Levers that transform the logits first pass other tensors and are computed as usual."""
-    import zoo.unify as unify
+def shared_targets(trial: Trial, recipe: Any) -> Any:
+    """The recipe's targets on this trial's transfer logits, computed once per (method, T, sample
+    weighting) and shared: E and BS train on the same q (BS only adds class weights, Sec. 3.5.2), and
+    MF-P's and MF-LU's ALS take minutes on 20k images here. None (train_trial builds them) for BP and
+    for the levers that change the logits first (calibration, self-training)."""
+    from dataclasses import replace as _replace
 
-    original = unify.estimate_soft_labels
-    cache = trial._soft_labels
+    from zoo.unify.recipe import build_targets
 
-    def estimate(logits: torch.Tensor, mask: torch.Tensor, method: str, temperature: float = 3.0, **kw: Any):
-        if kw or logits is not trial.data.train_logits or mask is not trial.data.mask:
-            return original(logits, mask, method, temperature, **kw)
-        key = (unify.normalize_method(method), float(temperature))
-        if key not in cache:
-            cache[key] = original(logits, mask, method, temperature)
-        return cache[key].clone()
-
-    unify.estimate_soft_labels = estimate
-    try:
-        yield
-    finally:
-        unify.estimate_soft_labels = original
+    if recipe.mode == "bp" or recipe.teacher_temperatures is not None or recipe.self_train_rounds:
+        return None
+    key = (recipe.method, recipe.temperature, recipe.sample_weighting)
+    if key not in trial._targets:
+        trial._targets[key] = build_targets(
+            trial.data.train_logits, trial.data.mask, recipe.replace(mode="bs")
+        )
+    targets = trial._targets[key]
+    return targets if recipe.mode == "bs" else _replace(targets, class_weights=None)
 
 
 def run_student(trial: Trial, method: str, mode: str, temperature: float = 3.0, **options: Any) -> float:
     """Train one student with ``method`` (sd, ce, mf-p, mf-lu, mf-lf) in ``mode`` (e, bp, bs) through
-        `zoo.pipeline.sweep.train_trial` and return its accuracy on the test images of L_U. ``options`` go
-        into train_trial's trial dict (they override STUDENT's fields too, e.g. ``epochs=``, ``lr=``; the
-    default lr is STUDENT's times LR_SCALE's factor for the method)."""
+    `zoo.pipeline.sweep.train_trial` and return its accuracy on the test images of L_U. ``options``:
+    ``epochs`` and ``lr`` (default STUDENT's, the lr times LR_SCALE's factor for the method), and the
+    Recipe's levers (teacher_temperatures, sample_weighting, augment, self_train_rounds)."""
     from zoo.pipeline.sweep import train_trial
+    from zoo.unify.recipe import Recipe
 
     epochs = int(options.pop("epochs", STUDENT["epochs"]))
     lr = float(options.pop("lr", STUDENT["lr"] * LR_SCALE.get((method, mode), 1.0)))
-    student = student_config(trial.seed)
-    conf = {"method": method, "mode": mode, "temperature": float(temperature), "lr": lr, **options}
-    with _shared_soft_labels(trial):
-        history = train_trial(trial.data, conf, student, epochs)
+    spec, schedule = student(trial, epochs, lr)
+    recipe = Recipe(method=method, mode=mode, temperature=float(temperature), **options)
+    history = train_trial(trial.data, spec, schedule, recipe, targets=shared_targets(trial, recipe))
     return float(history[-1]["val_accuracy"])
 
 
 def run_spv(trial: Trial) -> float:
-    """SPV (Table 2's benchmark) through the main job's `_train_spv`: the student's architecture
-    trained supervised on the union of the teachers' training data (the teachers' recipe), evaluated
-    on the same test set. Stores it in ``trial.spv_accuracy`` and returns it."""
-    import tempfile
-
-    from zoo.artifacts import load_model
-    from zoo.config import UnifyConfig
-    from zoo.labels import build_label_space
-    from zoo.pipeline.job import _train_spv
+    """SPV (Table 2's benchmark) through the main job's SPV (`zoo.pipeline.spv`): the student's
+    network trained supervised on the union of the teachers' training data (the teachers' recipe),
+    evaluated on the same test set. Stores it in ``trial.spv_accuracy`` and returns it."""
+    from zoo.pipeline.spv import demo_spv_data, train_spv
     from zoo.train import evaluate
 
     split = trial.split
-    space = build_label_space([list(t.classes) for t in split.teachers])
-    cfg = UnifyConfig(arch=STUDENT["arch"], arch_kwargs=dict(STUDENT["arch_kwargs"]), seed=trial.seed)
-    with tempfile.TemporaryDirectory(prefix="spv-") as tmp:
-        _train_spv(split, space, cfg, _spec(), Path(tmp) / "spv")
-        model, spec = load_model(Path(tmp) / "spv")
-    if list(spec.classes) != list(trial.data.classes):
-        raise RuntimeError(f"SPV classes {spec.classes} differ from the trial's {trial.data.classes}")
+    spec, _ = student(trial, 1, 1.0)
+    tc = dict(split.config)
+    model = train_spv(
+        spec,
+        demo_spv_data(split, list(trial.data.classes)),
+        epochs=int(tc["epochs"]),
+        lr=float(tc["lr"]),
+        batch_size=int(tc["batch_size"]),
+        seed=trial.seed,
+        optimizer=str(tc["optimizer"]),
+    )
     trial.spv_accuracy = evaluate(model, trial.data.val_images, trial.data.val_labels)
     return trial.spv_accuracy
 
@@ -515,10 +512,9 @@ def run_spv(trial: Trial) -> float:
 def soft_label_accuracy(trial: Trial, method: str, temperature: float = 3.0) -> float:
     """Top-1 accuracy of ``method``'s estimated soft labels q on the in-union transfer images (the
     issue's observation: the student tracks it). BP has no q; E and BS share it."""
-    with _shared_soft_labels(trial):
-        import zoo.unify
+    from zoo.unify.recipe import Recipe
 
-        q = zoo.unify.estimate_soft_labels(trial.data.train_logits, trial.data.mask, method, temperature)
+    q = shared_targets(trial, Recipe(method=method, mode="bs", temperature=temperature)).q
     inside = trial.transfer_labels >= 0
     return float((q[inside].argmax(-1) == trial.transfer_labels[inside]).float().mean())
 

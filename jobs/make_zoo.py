@@ -13,7 +13,6 @@ makes new versions. Prints a table of the teachers at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
     sys.path.insert(0, str(ROOT))
 
 from zoo.demo import DEFAULT_ARCHS, DemoConfig  # noqa: E402
+from zoo.pipeline.console import quiet_console  # noqa: E402
 
 DEMO_ZOO = "fmnist-demo"  # as zoo.pipeline.make_zoo.DEMO_ZOO (not imported here: it pulls in Ray)
 
@@ -103,25 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_zoo: {e}", file=sys.stderr)
         return 2
 
+    quiet_console()
+    # Ray and MLflow only once the flags are known good: `--help` and a bad flag answer at once.
     import ray
 
     from zoo.pipeline.make_zoo import build_zoo, ensure_demo_zoo, format_table
+    from zoo.pipeline.session import init_ray, tracking_uri_for
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False)
+    kwargs = dict(data=args.data, synthetic=args.synthetic, download=args.download, timeout_s=args.timeout)
+    uri = tracking_uri_for(args.tracking_uri)
+    started = init_ray(args.address)
     try:
-        kwargs = dict(
-            data=args.data, synthetic=args.synthetic, download=args.download, timeout_s=args.timeout
-        )
         if args.if_absent:
-            build = ensure_demo_zoo(args.name, cfg, args.tracking_uri, **kwargs)
+            build = ensure_demo_zoo(args.name, cfg, uri, **kwargs)
         else:
-            build = build_zoo(args.name, cfg, tracking_uri=args.tracking_uri, **kwargs)
+            build = build_zoo(args.name, cfg, tracking_uri=uri, **kwargs)
     except (ValueError, LookupError, FileNotFoundError) as e:
         print(f"make_zoo: {e}", file=sys.stderr)
         return 2
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     what = "built" if build.built else "already present"
     print(
         f"\nzoo {build.name} {what}: {len(build.records)} teachers over "
@@ -131,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {build.seconds:.1f} s" if build.built else "")
     )
     print(format_table(build.rows))
-    if build.timings:
-        print("phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in build.timings.items()))
     return 0
 
 

@@ -20,7 +20,6 @@ The run directory may be a URI (s3://..., file://...). Results:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the project
     sys.path.insert(0, str(ROOT))
+
+from zoo.pipeline.console import quiet_console  # noqa: E402
+
+quiet_console()  # before Ray and MLflow are imported: some of their settings are read at import
+
+from zoo.config import load_config  # noqa: E402
+from zoo.pipeline import JobError  # noqa: E402
+from zoo.pipeline.session import Session  # noqa: E402
+from zoo.pipeline.storage import path_exists  # noqa: E402
+from zoo.pipeline.sweep import load_sweep_config, run_sweep  # noqa: E402
+from zoo.pipeline.unify import sweep_inputs  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,59 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _student(job_cfg, run_dir: Path, registry, log):
-    """The final student's StudentConfig: input contract from the config, else the teachers' (the most
-    common one, as the main job picks it)."""
-    from zoo.artifacts import InputSpec
-    from zoo.pipeline.inference import read_logits
-    from zoo.pipeline.job import common_input, student_config
-    from zoo.pipeline.stages import join
-
-    lf = read_logits(join(run_dir, "logits.parquet"))
-    if job_cfg.student_input:
-        spec = InputSpec(**job_cfg.student_input)
-    else:
-        spec = common_input(
-            [registry.get(t["name"], version=int(t["version"])).spec.input for t in lf.teachers], log
-        )
-    return student_config(job_cfg, spec), lf.label_space
-
-
-def _eval_set(args, job_cfg, space, registry, log):
-    """Labelled validation images over the union classes, or None (the proxy ranks the trials)."""
-    from zoo.pipeline.job import eval_from_folder, load_zoo_split, val_from_split
-    from zoo.pipeline.training import EvalSet
-
-    if args.no_labels:
-        return None
-    if args.val or job_cfg.val:
-        ev = eval_from_folder(args.val or job_cfg.val, space, flag="--val")
-    else:
-        split = load_zoo_split(job_cfg.zoo, registry)
-        ev = None if split is None else val_from_split(split, space)
-        if ev is None:
-            log(
-                "[sweep] no labelled validation set (--val DIR) and no demo split with one: "
-                "ranking by the label-free proxy"
-            )
-            return None
-    log(f"[sweep] {len(ev.labels)} labelled validation images from {ev.source}")
-    return EvalSet(ev.images, ev.labels)
+def _values(text: str | None, kind: type) -> list | None:
+    return None if text is None else [kind(v.strip()) for v in text.split(",") if v.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from zoo.config import ConfigError, load_config
-    from zoo.pipeline.sweep import load_sweep_config
-
-    def floats(text: str | None) -> list[float] | None:
-        return None if text is None else [float(v) for v in text.split(",") if v.strip()]
-
-    def names(text: str | None) -> list[str] | None:
-        return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
-
     try:
         job_cfg = load_config(
             args.config, {"ray_address": args.ray_address, "tracking_uri": args.tracking_uri}
@@ -116,64 +79,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep_cfg = load_sweep_config(
             args.sweep_config,
             {
-                "methods": names(args.methods),
-                "modes": names(args.modes),
-                "temperatures": floats(args.temperatures),
-                "lrs": floats(args.lrs),
+                "methods": _values(args.methods, str),
+                "modes": _values(args.modes, str),
+                "temperatures": _values(args.temperatures, float),
+                "lrs": _values(args.lrs, float),
                 "epochs": args.epochs,
                 "transfer_limit": args.transfer_limit,
                 "max_concurrent_trials": args.max_concurrent_trials,
             },
         )
-    except (ConfigError, ValueError) as e:
+        with Session(
+            args.run_dir or job_cfg.run_path,
+            tracking_uri=job_cfg.tracking_uri,
+            ray_address=job_cfg.ray_address,
+            num_cpus=job_cfg.num_cpus,
+        ) as s:
+            if not path_exists(s.run.logits):
+                raise JobError(
+                    f"{s.run.logits} is missing: run the main job first "
+                    f"(python jobs/unify.py --run-dir {s.run.display}) or pass --run-dir"
+                )
+            spec, recipe, val_set = sweep_inputs(job_cfg, s, args.val, args.no_labels)
+            s.start_ray()
+            res = run_sweep(
+                sweep_cfg,
+                s.run.root,
+                spec=spec,
+                schedule=job_cfg.schedule(),
+                recipe=recipe,
+                val_set=val_set,
+                tracking_uri=s.tracking_uri,
+                experiment=args.experiment or job_cfg.experiment,
+                force=args.force,
+            )
+    except (JobError, ValueError, LookupError) as e:  # bad input or config: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    from zoo.pipeline.job import JobError, init_ray, job_home
-    from zoo.pipeline.sweep import run_sweep
-    from zoo.registry import Registry, default_tracking_uri
-
-    home = job_home()
-    tracking_uri = job_cfg.tracking_uri or (
-        default_tracking_uri() if home is None else f"sqlite:///{home / 'zoo.db'}"
-    )
-    from zoo.pipeline.stages import is_uri, join, path_exists
-
-    run_dir = (
-        (args.run_dir if is_uri(args.run_dir) else Path(args.run_dir)) if args.run_dir else job_cfg.run_path
-    )
-    if home is not None and not args.run_dir and not is_uri(run_dir):
-        run_dir = home / run_dir
-    if not path_exists(join(run_dir, "logits.parquet")):
-        print(
-            f"error: {run_dir}/logits.parquet is missing: run the main job first "
-            f"(python jobs/unify.py --run-dir {run_dir}) or pass --run-dir",
-            file=sys.stderr,
-        )
-        return 2
-    registry = Registry(tracking_uri)
-    try:
-        student, space = _student(job_cfg, run_dir, registry, print)
-        ev = _eval_set(args, job_cfg, space, registry, print)
-    except (JobError, ValueError, LookupError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    started = init_ray(job_cfg, print)
-    try:
-        res = run_sweep(
-            sweep_cfg,
-            run_dir,
-            student=student,
-            eval_set=ev,
-            tracking_uri=tracking_uri,
-            experiment=args.experiment or job_cfg.experiment,
-            force=args.force,
-        )
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     print(f"[sweep] results {res.results_path}; plot {res.plot_path}; MLflow run {res.mlflow_run_id}")
     print(f"[sweep] TensorBoard: tensorboard --logdir {res.tune_path}")
     b = res.best_config

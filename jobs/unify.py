@@ -12,7 +12,6 @@ Each stage is skipped on a rerun when its inputs are unchanged (--force reruns t
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,24 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the project
     sys.path.insert(0, str(ROOT))
 
-from zoo.config import ConfigError, config_from_args  # noqa: E402
+from zoo.pipeline.console import quiet_console  # noqa: E402
+
+quiet_console()  # before Ray and MLflow are imported: some of their settings are read at import
+
+from zoo.config import config_from_args  # noqa: E402
+from zoo.pipeline import JobError  # noqa: E402
+from zoo.pipeline.unify import run_unify  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg = config_from_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # Progress bars on a terminal only; Ray Data prints its own per-operator progress.
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per teacher download
-    from zoo.pipeline.job import JobError, run_unify
-    from zoo.pipeline.transfer import TransferSetError
-
-    try:
-        run_unify(cfg)
-    except (JobError, TransferSetError) as e:
+        run_unify(config_from_args(argv))
+    except JobError as e:  # bad input, said in one line; nothing was computed
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from zoo.pipeline.console import quiet_ray_env
+
+# The jobs' quiet console (zoo.pipeline.console), set before anything imports Ray or MLflow: the tests
+# run the jobs in this process, and a failure's output is easier to read without Ray's chatter.
+quiet_ray_env(local_cluster=False)
+
 # Property tests draw the same examples on every run: CI must not fail on a rare unlucky draw that
 # nobody can reproduce. Deadlines are off because a shared 2-core machine makes timings meaningless.
 settings.register_profile(

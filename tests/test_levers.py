@@ -1,6 +1,6 @@
-"""Levers beyond paper 001 (zoo/unify/{calibration,confidence,augment,self_training}.py): the pure
-functions, and that each option reaches the student's loss through build_targets / make_loss /
-train_trial. Fast: tiny tensors, one tiny training run per option."""
+"""Levers beyond paper 001 (zoo/unify/{calibration,confidence,self_training}.py, the core's
+augmentation): the pure functions, and that each option of a Recipe reaches the student's loss
+through build_targets / make_loss / train_trial. Fast: tiny tensors, one tiny training run per option."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from zoo.artifacts import InputSpec
+from zoo.artifacts import InputSpec, ModelSpec
 from zoo.pipeline.sweep import SweepData, train_trial
-from zoo.pipeline.training import StudentConfig, build_targets, make_loss
+from zoo.train import Schedule, random_translate
 from zoo.unify import estimate_soft_labels, soft_cross_entropy
-from zoo.unify.augment import random_translate
 from zoo.unify.calibration import apply_teacher_temperatures, fit_temperature
 from zoo.unify.confidence import confidence_scores, sample_weights
+from zoo.unify.recipe import Recipe, build_targets, make_loss
 from zoo.unify.self_training import add_student_teacher
 
 MASK = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
@@ -133,27 +133,27 @@ def test_add_student_teacher_appends_a_teacher_over_all_classes():
 
 
 # ------------------------------------------------------------------- the options reach the student
-def _cfg(**levers):
-    return {"method": "ce", "mode": "bs", "temperature": 3.0, **levers}
+def _cfg(**levers) -> Recipe:
+    return Recipe(**{"method": "ce", "mode": "bs", "temperature": 3.0, **levers})
 
 
 def test_build_targets_and_make_loss_honour_the_levers():
     z = _logits(32)
     base = build_targets(z, MASK, _cfg())
-    assert base["sample_weights"] is None
+    assert base.sample_weights is None
     calib = build_targets(z, MASK, _cfg(teacher_temperatures=[1.0, 4.0]))
-    assert not torch.allclose(calib["q"], base["q"])
+    assert not torch.allclose(calib.q, base.q)
     weighted = build_targets(z, MASK, _cfg(sample_weighting="confidence"))
-    assert weighted["sample_weights"].shape == (32,)
+    assert weighted.sample_weights.shape == (32,)
     out, idx = torch.randn(32, 4), torch.arange(32)
     dev = torch.device("cpu")
     l0 = make_loss(_cfg(), base, dev)(out, idx)
     l1 = make_loss(_cfg(), weighted, dev)(out, idx)
     assert not torch.allclose(l0, l1)
     selfed = build_targets(z, MASK, _cfg(), student_logits=torch.randn(32, 4) * 5)
-    assert not torch.allclose(selfed["q"], base["q"])
-    bp = build_targets(z, MASK, {**_cfg(sample_weighting="confidence"), "mode": "bp"})
-    assert set(bp) == {"logits", "mask"}
+    assert not torch.allclose(selfed.q, base.q)
+    bp = build_targets(z, MASK, _cfg(mode="bp"))
+    assert bp.q is None and bp.logits is not None and bp.mask is not None
 
 
 def _tiny_data() -> SweepData:
@@ -172,26 +172,29 @@ def _tiny_data() -> SweepData:
     )
 
 
+SPEC = ModelSpec("mlp", ["a", "b", "c", "d"], InputSpec(1, 8, 8, (0.0,), (1.0,)), {"hidden": 16, "layers": 1})
+
+
+def _schedule(epochs: int, lr: float) -> Schedule:
+    return Schedule(epochs=epochs, lr=lr, batch_size=16, seed=0)
+
+
 def test_each_lever_reaches_train_trial():
     data = _tiny_data()
-    student = StudentConfig(
-        arch="mlp", arch_kwargs={"hidden": 16, "layers": 1}, input=InputSpec(1, 8, 8, (0.0,), (1.0,)),
-        batch_size=16, seed=0,
-    )  # fmt: skip
-    trial = {"method": "ce", "mode": "bs", "temperature": 3.0, "lr": 0.1}
-    loss = [train_trial(data, trial, student, 1)[-1]["train_loss"]]
+    one = _schedule(1, 0.1)
+    loss = [train_trial(data, SPEC, one, _cfg())[-1]["train_loss"]]
     for levers in (
         {"teacher_temperatures": [1.0, 5.0]},
         {"sample_weighting": "confidence"},
         {"augment": True},
         {"self_train_rounds": 1},
     ):
-        loss.append(train_trial(data, {**trial, **levers}, student, 1)[-1]["train_loss"])
+        loss.append(train_trial(data, SPEC, one, _cfg(**levers))[-1]["train_loss"])
     assert len(set(loss)) == len(loss), f"some option changed nothing: {loss}"
     with pytest.raises(ValueError, match="one per teacher"):
-        train_trial(data, {**trial, "teacher_temperatures": [1.0]}, student, 1)
+        train_trial(data, SPEC, one, _cfg(teacher_temperatures=[1.0]))
     with pytest.raises(ValueError, match="self_train_rounds"):
-        StudentConfig(arch="mlp", arch_kwargs={}, input=student.input, self_train_rounds=-1)
+        _cfg(self_train_rounds=-1)
 
 
 def test_the_job_path_carries_calibration_and_sample_weights(tmp_path):
@@ -202,9 +205,8 @@ def test_the_job_path_carries_calibration_and_sample_weights(tmp_path):
     import pyarrow as pa
 
     from zoo.labels import build_label_space
-    from zoo.pipeline.soft_labels import write_soft_labels
-    from zoo.pipeline.stages import write_parquet_atomic
-    from zoo.pipeline.training import load_targets
+    from zoo.pipeline.soft_labels import load_targets, write_soft_labels
+    from zoo.pipeline.storage import write_parquet_atomic
     from zoo.unify.calibration import apply_teacher_temperatures as cool
     from zoo.unify.confidence import sample_weights as weigh
 
@@ -218,31 +220,24 @@ def test_the_job_path_carries_calibration_and_sample_weights(tmp_path):
         "zoo.teachers": json.dumps([{"name": n, "version": 1, "run_id": None} for n in space.teachers]),
     }
     logits = write_parquet_atomic(pa.table({"id": ids, "logits": col}), tmp_path / "logits.parquet", meta)
-    out = write_soft_labels(
-        logits, tmp_path / "q.parquet", "ce", "bs", 3.0, teacher_temperatures=[1.0, 4.0],
-        sample_weighting="confidence",
-    )  # fmt: skip
-    t = load_targets(out, ids[::-1], list(space.classes), "bs", "ce")
+    levered = _cfg(teacher_temperatures=[1.0, 4.0], sample_weighting="confidence")
+    out = write_soft_labels(logits, tmp_path / "q.parquet", levered)
+    t = load_targets(out, ids[::-1], list(space.classes), levered)
     zc = cool(z, [1.0, 4.0])
-    torch.testing.assert_close(t["q"], estimate_soft_labels(zc, space.mask, "ce", 3.0).float().flip(0))
-    torch.testing.assert_close(t["sample_weights"], weigh(zc, space.mask).float().flip(0))
+    torch.testing.assert_close(t.q, estimate_soft_labels(zc, space.mask, "ce", 3.0).float().flip(0))
+    torch.testing.assert_close(t.sample_weights, weigh(zc, space.mask).float().flip(0))
     plain = load_targets(
-        write_soft_labels(logits, tmp_path / "p.parquet", "ce", "bs", 3.0),
-        ids,
-        list(space.classes),
-        "bs",
-        "ce",
+        write_soft_labels(logits, tmp_path / "p.parquet", _cfg()), ids, list(space.classes), _cfg()
     )
-    assert plain["sample_weights"] is None
+    assert plain.sample_weights is None
 
 
 def test_job_config_validates_the_lever_options_and_passes_them_to_the_student():
     from zoo.config import ConfigError, config_from_args, load_config
-    from zoo.pipeline.job import student_config
 
     cfg = config_from_args(["--sample-weighting", "confidence", "--augment"])
-    scfg = student_config(cfg, InputSpec(1, 28, 28, (0.3,), (0.35,)))
-    assert (scfg.sample_weighting, scfg.augment) == ("confidence", True)
+    recipe = cfg.recipe(["t0", "t1"])
+    assert (recipe.sample_weighting, recipe.augment) == ("confidence", True)
     for bad, match in (
         ({"sample_weighting": "entropy"}, "sample_weighting"),
         ({"sample_weighting": "confidence", "mode": "bp"}, "bp"),
@@ -256,13 +251,9 @@ def test_a_diverging_student_stops_with_a_warning():
     """A NaN loss (here: an absurd lr on the logit-space BP loss) ends the trial at that epoch with a
     RuntimeWarning instead of training NaN weights for the remaining epochs."""
     data = _tiny_data()
-    student = StudentConfig(
-        arch="mlp", arch_kwargs={"hidden": 16, "layers": 1}, input=InputSpec(1, 8, 8, (0.0,), (1.0,)),
-        batch_size=16, seed=0,
-    )  # fmt: skip
-    trial = {"method": "mf-lf", "mode": "bp", "temperature": 1.0, "lr": 1e12}
+    recipe = Recipe(method="mf-lf", mode="bp", temperature=1.0)
     with pytest.warns(RuntimeWarning, match="not finite"):
-        history = train_trial(data, trial, student, 5)
+        history = train_trial(data, SPEC, _schedule(5, 1e12), recipe)
     assert len(history) < 5 and not math.isfinite(history[-1]["train_loss"])
-    sane = train_trial(data, {**trial, "lr": 0.01}, student, 2)
+    sane = train_trial(data, SPEC, _schedule(2, 0.01), recipe)
     assert len(sane) == 2 and all(math.isfinite(h["train_loss"]) for h in sane)

@@ -31,16 +31,8 @@ CFG = DemoConfig(
 
 
 def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
-    from zoo.pipeline.make_zoo import (
-        build_zoo,
-        dataset_for_split,
-        ensure_demo_zoo,
-        format_table,
-        latest_teachers,
-        load_dataset,
-        load_split,
-        transfer_arrays,
-    )
+    from zoo.pipeline.datasets import dataset_for_split, load_dataset, transfer_arrays
+    from zoo.pipeline.make_zoo import build_zoo, ensure_demo_zoo, format_table, latest_teachers, load_split
     from zoo.registry import Registry
 
     ds = load_dataset(synthetic=True)

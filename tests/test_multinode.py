@@ -65,8 +65,8 @@ def _build_inputs(work: Path) -> dict[str, Any]:
     from zoo.artifacts import InputSpec, ModelSpec, preprocess, save_model
     from zoo.data import synthetic_class_names, synthetic_images
     from zoo.labels import build_label_space
-    from zoo.pipeline.inference import TeacherRef
-    from zoo.pipeline.training import EvalSet
+    from zoo.pipeline.datasets import LabelledSet
+    from zoo.pipeline.teachers import Teacher
     from zoo.pipeline.transfer import materialize_transfer_set
     from zoo.train import fit_classifier
 
@@ -95,7 +95,7 @@ def _build_inputs(work: Path) -> dict[str, Any]:
             input=spec_in,
             arch_kwargs={"width": 8, "depth": 2},
         )
-        teachers.append(TeacherRef(name, 1, save_model(model.cpu(), spec, work / "teachers" / name)))
+        teachers.append(Teacher(name, 1, save_model(model.cpu(), spec, work / "teachers" / name), spec=spec))
     space = build_label_space(
         [[names[c] for c in known] for known in TEACHER_CLASSES.values()], list(TEACHER_CLASSES)
     )
@@ -113,7 +113,7 @@ def _build_inputs(work: Path) -> dict[str, Any]:
         "space": space,
         "transfer": Path(transfer),
         "ids": ids,
-        "eval": EvalSet(ev_images, ev_union),
+        "eval": LabelledSet(ev_images, ev_union),
         "spec_in": spec_in,
     }
 
@@ -236,9 +236,12 @@ def run_scenarios(work: Path, out: dict[str, Any]) -> None:
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
+    from zoo.artifacts import ModelSpec
     from zoo.pipeline.inference import read_logits, run_teacher_inference, teacher_logits_local
     from zoo.pipeline.soft_labels import write_soft_labels
-    from zoo.pipeline.training import StudentConfig, train_student
+    from zoo.pipeline.training import Checkpointing, train_student
+    from zoo.train import Schedule
+    from zoo.unify.recipe import Recipe
 
     t_start = time.monotonic()
     inputs = _build_inputs(work)
@@ -338,23 +341,14 @@ def run_scenarios(work: Path, out: dict[str, Any]) -> None:
             out["infer_max_abs_diff_vs_local"] = float((got.logits - reference).abs().max())
 
         # ---- 2. soft labels, then the student, undisturbed: where do the Train workers run?
-        write_soft_labels(run_dir / "logits.parquet", run_dir / "soft_labels.parquet", "sd", "bs", 3.0)
+        recipe = Recipe(method="sd", mode="bs", temperature=3.0)
+        write_soft_labels(run_dir / "logits.parquet", run_dir / "soft_labels.parquet", recipe)
         written = {
             name: _sha256(run_dir / name)
             for name in ("transfer.parquet", "logits.parquet", "soft_labels.parquet")
         }
-        cfg = StudentConfig(
-            arch="cnn",
-            arch_kwargs={"width": 8, "depth": 2},
-            input=inputs["spec_in"],
-            epochs=STUDENT_EPOCHS,
-            lr=0.05,
-            batch_size=64,
-            method="sd",
-            mode="bs",
-            temperature=3.0,
-            seed=0,
-        )
+        spec = ModelSpec("cnn", list(space.classes), inputs["spec_in"], {"width": 8, "depth": 2})
+        schedule = Schedule(epochs=STUDENT_EPOCHS, lr=0.05, batch_size=64, seed=0)
 
         def train(run_name: str):
             # train_student sizes its workers from the *available* CPUs: wait until the previous
@@ -367,13 +361,15 @@ def run_scenarios(work: Path, out: dict[str, Any]) -> None:
             )
             mlrun = client.create_run(experiment_id, run_name=run_name)
             result = train_student(
-                cfg,
+                spec,
+                schedule,
+                recipe,
                 transfer,
                 run_dir / "soft_labels.parquet",
-                classes=list(space.classes),
                 storage_path=storage,
                 run_name=run_name,
                 eval_set=inputs["eval"],
+                checkpointing=Checkpointing(every_epochs=1),  # the node is removed after a checkpoint
                 num_workers=2,
                 use_gpu=False,
                 mlflow_tracking_uri=tracking_uri,

@@ -15,9 +15,17 @@ import torch
 from zoo.artifacts import InputSpec, ModelSpec, save_model
 from zoo.data import encode_png, synthetic_images
 from zoo.labels import build_label_space
-from zoo.pipeline.inference import TeacherRef, read_logits, run_teacher_inference, teacher_logits_local
+from zoo.pipeline.cache import fingerprint, read_fingerprint, run_stage
+from zoo.pipeline.inference import (
+    read_features,
+    read_logits,
+    run_teacher_inference,
+    teacher_logits_local,
+    teacher_outputs_local,
+)
 from zoo.pipeline.soft_labels import read_soft_labels, write_soft_labels
-from zoo.pipeline.stages import fingerprint, read_fingerprint, run_stage, write_parquet_atomic
+from zoo.pipeline.storage import write_parquet_atomic
+from zoo.pipeline.teachers import Teacher
 from zoo.pipeline.transfer import (
     TransferSetError,
     materialize_transfer_set,
@@ -25,11 +33,12 @@ from zoo.pipeline.transfer import (
     read_transfer_images,
     transfer_content_fingerprint,
 )
+from zoo.unify.recipe import Recipe
 
 
 def make_teacher(
     root: Path, name: str, classes: list[str], *, size: int, channels: int, seed: int
-) -> TeacherRef:
+) -> Teacher:
     """A randomly initialised allow-listed CNN saved in the zoo's artifact format."""
     from zoo.architectures import build_model
 
@@ -42,7 +51,7 @@ def make_teacher(
         arch_kwargs={"width": 8, "depth": 2},
     )
     d = save_model(model, spec, root / name)
-    return TeacherRef(name, 1, Path(d), run_id=f"run-{name}")
+    return Teacher(name, 1, Path(d), run_id=f"run-{name}", spec=spec)
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +181,28 @@ def test_ray_inference_matches_plain_loop(ray_session, zoo_setup) -> None:
     assert json.loads(meta["zoo.label_space"])["classes"] == list(space.classes)
 
 
-def test_ray_inference_chained_strategy_agrees(ray_session, zoo_setup) -> None:
+def test_ray_inference_writes_teacher_features(ray_session, zoo_setup) -> None:
+    """With features_path, one pass also writes each teacher's penultimate features (the embed of
+    `split_head`), float16, in the transfer set's order; the logits are the same as without."""
     root, teachers, space, transfer = zoo_setup
-    fused = read_logits(root / "logits.parquet") if (root / "logits.parquet").exists() else None
     out = run_teacher_inference(
-        transfer, teachers, space, root / "chained.parquet", batch_size=64, concurrency=1, strategy="chained"
+        transfer, teachers, space, root / "logits-f.parquet", features_path=root / "features.parquet",
+        batch_size=64, concurrency=1,
+    )  # fmt: skip
+    ids, blobs = read_transfer_images(transfer)
+    ref = teacher_outputs_local(blobs, teachers, space, batch_size=64, features=True)
+    ff = read_features(root / "features.parquet")
+    assert ff.ids == ids and sorted(ff.features) == sorted(t.name for t in teachers) and not ff.missing
+    for i, t in enumerate(teachers):
+        assert ff.features[t.name].shape == (len(ids), 16)  # the cnn (width 8, depth 2): its last block
+        torch.testing.assert_close(ff.features[t.name], torch.from_numpy(ref[f"f{i}"]).float())
+    schema = pq.read_schema(root / "features.parquet")
+    assert schema.field("f0").type == pa.list_(pa.float16(), 16)
+    meta = json.loads(schema.metadata[b"zoo.features"])
+    assert [(f["name"], f["dim"], f["dtype"]) for f in meta] == [(t.name, 16, "float16") for t in teachers]
+    torch.testing.assert_close(
+        read_logits(out).logits, teacher_logits_local(blobs, teachers, space), rtol=1e-5, atol=1e-5
     )
-    lf = read_logits(out)
-    if fused is None:
-        fused = read_logits(run_teacher_inference(transfer, teachers, space, root / "logits.parquet"))
-    assert lf.ids == fused.ids
-    torch.testing.assert_close(lf.logits, fused.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_rejects_teacher_mismatch(ray_session, zoo_setup) -> None:
@@ -208,7 +228,7 @@ def test_soft_labels_round_trip(tmp_path: Path, method: str, mode: str) -> None:
     }
     logits = write_parquet_atomic(pa.table({"id": ids, "logits": col}), tmp_path / "logits.parquet", meta)
     out = write_soft_labels(
-        logits, tmp_path / "q.parquet", method, mode, 3.0, fingerprint="fq", chunk_size=16
+        logits, tmp_path / "q.parquet", Recipe(method, mode, 3.0), fingerprint="fq", chunk_size=16
     )
     sl = read_soft_labels(out)
     expected = estimate_soft_labels(z, space.mask, method, 3.0)
@@ -221,7 +241,7 @@ def test_soft_labels_round_trip(tmp_path: Path, method: str, mode: str) -> None:
     else:
         assert sl.weights is None
     with pytest.raises(ValueError, match="bp"):
-        write_soft_labels(logits, tmp_path / "x.parquet", method, "bp", 3.0)
+        write_soft_labels(logits, tmp_path / "x.parquet", Recipe(method, "bp", 3.0))
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -249,7 +269,7 @@ def test_run_stage_skips_when_inputs_unchanged_and_never_leaves_partial_files(tm
 
     def crash():
         write_parquet_atomic(pa.table({"x": [9]}), tmp_path / "ok.parquet", {"zoo.fingerprint": "z"})
-        from zoo.pipeline.stages import atomic_path
+        from zoo.pipeline.storage import atomic_path
 
         with atomic_path(tmp_path / "half.parquet") as tmp:
             tmp.write_bytes(b"partial")
@@ -268,7 +288,8 @@ def test_run_stage_skips_when_inputs_unchanged_and_never_leaves_partial_files(tm
 
 def test_stages_on_a_uri_run_dir(tmp_path: Path) -> None:
     """The same stage helpers on a `file://` URI go through pyarrow.fs (the code path of s3://)."""
-    from zoo.pipeline.stages import RunDir, atomic_dir, atomic_path, local_copy, read_text, write_json_atomic
+    from zoo.pipeline.cache import RunDir
+    from zoo.pipeline.storage import atomic_dir, atomic_path, local_copy, read_text, write_json_atomic
 
     run = RunDir((tmp_path / "r").as_uri() + "/").ensure()
     assert run.is_remote and isinstance(run.logits, str) and run.logits.startswith("file:///")
@@ -314,7 +335,7 @@ def test_stages_on_a_uri_run_dir(tmp_path: Path) -> None:
         "zoo.mask": json.dumps([[True, True, False], [False, True, True]]),
     }
     write_parquet_atomic(pa.table({"id": ids, "logits": col}), run.logits, meta)
-    write_soft_labels(run.logits, run.soft_labels, "sd", "bs", 3.0, fingerprint="q")
+    write_soft_labels(run.logits, run.soft_labels, Recipe("sd", "bs", 3.0), fingerprint="q")
     sl = read_soft_labels(run.soft_labels)
     assert sl.ids == ids and sl.q.shape == (2, 3) and read_fingerprint(run.soft_labels) == "q"
 

@@ -78,13 +78,12 @@ def test_spearman():
 # ------------------------------------------------------------------------------ ranking on a zoo
 def build_synthetic_zoo(seed: int = 0, size: int = 16):
     """Three tiny teachers over overlapping class subsets (MASK), their logits on a transfer set laid
-    out on the union label space, and a labelled test set. Returns (SweepData, StudentConfig)."""
+    out on the union label space, and a labelled test set. Returns (SweepData, the student's spec)."""
     from zoo.architectures import build_model
-    from zoo.artifacts import InputSpec, preprocess
+    from zoo.artifacts import InputSpec, ModelSpec, preprocess
     from zoo.data import synthetic_images
     from zoo.labels import build_label_space
     from zoo.pipeline.sweep import SweepData
-    from zoo.pipeline.training import StudentConfig
     from zoo.train import fit_classifier, predict_logits
 
     spec = InputSpec(channels=1, height=size, width=size, mean=(0.5,), std=(0.25,))
@@ -127,10 +126,7 @@ def build_synthetic_zoo(seed: int = 0, size: int = 16):
         val_images=preprocess(test_images, spec),
         val_labels=torch.as_tensor(test_labels),
     )
-    student = StudentConfig(
-        arch="cnn", arch_kwargs={"width": 8, "depth": 2}, input=spec, batch_size=64, seed=seed
-    )
-    return data, student
+    return data, ModelSpec("cnn", list(space.classes), spec, {"width": 8, "depth": 2})
 
 
 # Varied on purpose: methods, modes and temperatures as a sweep would, and lr / epochs so that the
@@ -150,11 +146,15 @@ RANKING_TRIALS = [
 def rank_trials(seed: int = 0) -> tuple[float, float, list[dict]]:
     """(Spearman of proxy agreement vs test accuracy, of negative cross-entropy vs accuracy, rows)."""
     from zoo.pipeline.sweep import train_trial
+    from zoo.train import Schedule
+    from zoo.unify.recipe import Recipe
 
-    data, student = build_synthetic_zoo(seed)
+    data, spec = build_synthetic_zoo(seed)
     rows = []
     for trial, epochs in RANKING_TRIALS:
-        last = train_trial(data, trial, student, epochs, device="cpu")[-1]
+        recipe = Recipe(method=trial["method"], mode=trial["mode"], temperature=trial["temperature"])
+        schedule = Schedule(epochs=epochs, lr=trial["lr"], batch_size=64, seed=seed)
+        last = train_trial(data, spec, schedule, recipe, device="cpu")[-1]
         rows.append({**trial, "epochs": epochs, **last})
     acc = [r["val_accuracy"] for r in rows]
     return (

@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from zoo.artifacts import InputSpec
+from zoo.artifacts import InputSpec, ModelSpec
 from zoo.data import synthetic_images
 from zoo.labels import build_label_space
+from zoo.pipeline.datasets import LabelledSet
 from zoo.pipeline.sweep import SweepConfig, grid, load_sweep_config, run_sweep
-from zoo.pipeline.training import EvalSet, StudentConfig
 from zoo.pipeline.transfer import materialize_transfer_set
+from zoo.train import Schedule
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 TEACHER_CLASSES = [CLASSES[:3], CLASSES[1:]]
@@ -31,7 +32,7 @@ SPEC = InputSpec(channels=1, height=16, width=16, mean=(0.5,), std=(0.5,))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_run_dir(run_dir: Path, n: int = 400, seed: int = 0) -> EvalSet:
+def make_run_dir(run_dir: Path, n: int = 400, seed: int = 0) -> LabelledSet:
     """transfer.parquet + logits.parquet of a simulated 2-teacher zoo; returns a labelled eval set."""
     space = build_label_space(TEACHER_CLASSES, ["t0", "t1"])
     mask = space.mask
@@ -52,14 +53,16 @@ def make_run_dir(run_dir: Path, n: int = 400, seed: int = 0) -> EvalSet:
     table = pa.table({"id": ids, "logits": flat}).take(np.arange(n)[::-1].copy())  # another row order
     pq.write_table(table.replace_schema_metadata(meta), run_dir / "logits.parquet")
     ev_images, ev_labels = synthetic_images(200, len(CLASSES), size=16, seed=seed + 100)
-    return EvalSet(ev_images, ev_labels)
+    return LabelledSet(ev_images, ev_labels)
 
 
-def _student() -> StudentConfig:
-    # A small MLP: it learns the synthetic task within a 1-epoch trial (the demo uses the CNN).
-    return StudentConfig(
-        arch="mlp", arch_kwargs={"hidden": 64, "layers": 1}, input=SPEC, batch_size=32, seed=0
-    )
+def _student() -> dict:
+    """The job's student (network and schedule): a small MLP, which learns the synthetic task within a
+    1-epoch trial (the demo uses the CNN)."""
+    return {
+        "spec": ModelSpec("mlp", CLASSES, SPEC, {"hidden": 64, "layers": 1}),
+        "schedule": Schedule(epochs=20, lr=0.1, batch_size=32, seed=0),
+    }
 
 
 def test_config_grid_and_full_config():
@@ -100,8 +103,8 @@ def test_sweep_tune_mlflow_tensorboard(ray_session, mlflow_uri, tmp_path):
     res = run_sweep(
         cfg,
         run_dir,
-        student=_student(),
-        eval_set=ev,
+        **_student(),
+        val_set=ev,
         tracking_uri=mlflow_uri,
         parent_run_id=parent,
         log=print,
@@ -143,8 +146,8 @@ def test_sweep_tune_mlflow_tensorboard(ray_session, mlflow_uri, tmp_path):
     again = run_sweep(
         cfg,
         run_dir,
-        student=_student(),
-        eval_set=ev,
+        **_student(),
+        val_set=ev,
         tracking_uri=mlflow_uri,
         parent_run_id=parent,
         log=print,
@@ -154,14 +157,14 @@ def test_sweep_tune_mlflow_tensorboard(ray_session, mlflow_uri, tmp_path):
 
 def test_sweep_refuses_a_run_without_cached_logits(ray_session, tmp_path):
     with pytest.raises(FileNotFoundError, match="is missing"):
-        run_sweep(SweepConfig(), tmp_path, student=_student())
+        run_sweep(SweepConfig(), tmp_path, **_student())
 
 
 def test_accuracy_metric_needs_labels(ray_session, mlflow_uri, tmp_path):
     make_run_dir(tmp_path, n=100)
     cfg = SweepConfig(methods=["sd"], modes=["e"], temperatures=[3.0], metric="accuracy", proxy_holdout=20)
     with pytest.raises(ValueError, match="labelled validation set"):
-        run_sweep(cfg, tmp_path, student=_student(), tracking_uri=mlflow_uri)
+        run_sweep(cfg, tmp_path, **_student(), tracking_uri=mlflow_uri)
 
 
 def test_proxy_metric_without_labels(ray_session, mlflow_uri, tmp_path):
@@ -172,7 +175,7 @@ def test_proxy_metric_without_labels(ray_session, mlflow_uri, tmp_path):
     cfg = SweepConfig(
         methods=["sd"], modes=["e"], temperatures=[1.0, 3.0], epochs=1, proxy_holdout=40, verbose=0
     )
-    res = run_sweep(cfg, tmp_path, student=_student(), tracking_uri=mlflow_uri, experiment="sweeps")
+    res = run_sweep(cfg, tmp_path, **_student(), tracking_uri=mlflow_uri, experiment="sweeps")
     assert res.metric == "proxy_agreement" and res.spearman_proxy_accuracy is None
     assert 0.0 <= res.best_score <= 1.0
     assert all("val_accuracy" not in t["metrics"] for t in res.trials)

@@ -20,18 +20,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from zoo.artifacts import InputSpec, load_model, preprocess
+from zoo.artifacts import InputSpec, ModelSpec, load_model, preprocess
 from zoo.data import synthetic_images
-from zoo.pipeline.training import (
-    EvalSet,
-    StudentConfig,
-    TargetError,
-    epoch_order,
-    load_targets,
-    train_student,
-)
+from zoo.pipeline.datasets import LabelledSet
+from zoo.pipeline.soft_labels import TargetError, load_targets
+from zoo.pipeline.training import Checkpointing, train_student
 from zoo.pipeline.transfer import materialize_transfer_set
+from zoo.train import Schedule, epoch_order
 from zoo.unify import balance_weights, estimate_soft_labels
+from zoo.unify.recipe import Recipe
 
 CLASSES = ["class0", "class1", "class2", "class3"]
 # Teacher 0 knows classes 0-2, teacher 1 knows classes 1-3.
@@ -80,29 +77,25 @@ def make_run(tmp_path: Path, n: int = 320, seed: int = 0, method: str = "sd") ->
         "transfer": transfer,
         "logits": logits_path,
         "soft": soft_path,
-        "eval": EvalSet(ev_images, ev_labels),
+        "eval": LabelledSet(ev_images, ev_labels),
         "q": q,
     }
 
 
-def _cfg(mode: str = "bs", epochs: int = 3, **kw) -> StudentConfig:
-    args = dict(
-        arch="cnn",
-        arch_kwargs={"width": 8, "depth": 2},
-        input=SPEC,
-        epochs=epochs,
-        lr=0.05,
-        batch_size=32,
-        method="sd",
-        mode=mode,
-        temperature=3.0,
-        seed=0,
+STUDENT = ModelSpec("cnn", CLASSES, SPEC, {"width": 8, "depth": 2}, {"role": "student"})
+EVERY_EPOCH = Checkpointing(every_epochs=1)  # the tests count checkpoints: one per epoch
+
+
+def _cfg(mode: str = "bs", epochs: int = 3, **kw) -> tuple[ModelSpec, Schedule, Recipe]:
+    """The student's network, schedule and recipe (SD, T = 3)."""
+    return (
+        STUDENT,
+        Schedule(epochs=epochs, lr=0.05, batch_size=32, seed=0),
+        Recipe(method="sd", mode=mode, **kw),
     )
-    args.update(kw)
-    return StudentConfig(**args)
 
 
-def _accuracy(model_dir: Path, ev: EvalSet) -> float:
+def _accuracy(model_dir: Path, ev: LabelledSet) -> float:
     model, spec = load_model(model_dir)
     with torch.no_grad():
         pred = model(preprocess(ev.images, spec.input)).argmax(1).numpy()
@@ -127,21 +120,22 @@ def test_epoch_order_partitions_and_is_seeded():
 def test_load_targets_aligns_ids_and_refuses_mismatches(tmp_path):
     run = make_run(tmp_path, n=40)
     ids = [f"img{i:05d}" for i in range(40)]
-    t = load_targets(run["soft"], ids, CLASSES, "bs", "sd")
-    assert torch.allclose(t["q"], run["q"], atol=1e-6)  # reordered to the transfer set's order
-    assert t["weights"].shape == (4,)
-    bp = load_targets(run["logits"], ids, CLASSES, "bp", "sd")
-    assert bp["logits"].shape == (40, 2, 4) and torch.equal(bp["mask"], MASK)
+    sd = lambda mode: Recipe(method="sd", mode=mode)  # noqa: E731
+    t = load_targets(run["soft"], ids, CLASSES, sd("bs"))
+    assert torch.allclose(t.q, run["q"], atol=1e-6)  # reordered to the transfer set's order
+    assert t.class_weights.shape == (4,)
+    bp = load_targets(run["logits"], ids, CLASSES, sd("bp"))
+    assert bp.logits.shape == (40, 2, 4) and torch.equal(bp.mask, MASK)
     with pytest.raises(TargetError, match="do not match the transfer set"):
-        load_targets(run["soft"], ids[:-1] + ["other"], CLASSES, "bs", "sd")
+        load_targets(run["soft"], ids[:-1] + ["other"], CLASSES, sd("bs"))
     with pytest.raises(TargetError, match="no 'q' column"):
-        load_targets(run["logits"], ids, CLASSES, "e", "sd")
+        load_targets(run["logits"], ids, CLASSES, sd("e"))
     with pytest.raises(TargetError, match="no 'logits' column"):
-        load_targets(run["soft"], ids, CLASSES, "bp", "sd")
+        load_targets(run["soft"], ids, CLASSES, sd("bp"))
     with pytest.raises(TargetError, match="method"):
-        load_targets(run["soft"], ids, CLASSES, "bs", "ce")
+        load_targets(run["soft"], ids, CLASSES, Recipe(method="ce", mode="bs"))
     with pytest.raises(TargetError, match="classes"):
-        load_targets(run["soft"], ids, ["a", "b", "c", "d"], "bs", "sd")
+        load_targets(run["soft"], ids, ["a", "b", "c", "d"], sd("bs"))
 
 
 def test_config_refuses_bad_values():
@@ -158,15 +152,14 @@ def test_train_bs_beats_chance_checkpoints_and_mlflow(ray_session, mlflow_uri, t
     run = make_run(tmp_path)
     client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("students")).info.run_id
-    cfg = _cfg(mode="bs", epochs=4)
     result = train_student(
-        cfg,
+        *_cfg(mode="bs", epochs=4),
         run["transfer"],
         run["soft"],
-        classes=CLASSES,
         storage_path=tmp_path / "train",
         run_name="bs-run",
         eval_set=run["eval"],
+        checkpointing=EVERY_EPOCH,
         mlflow_tracking_uri=mlflow_uri,
         mlflow_run_id=run_id,
     )
@@ -199,39 +192,27 @@ def test_train_bs_beats_chance_checkpoints_and_mlflow(ray_session, mlflow_uri, t
 def test_train_bp_one_worker_then_rerun_resumes(ray_session, tmp_path):
     run = make_run(tmp_path, n=160)
     cfg = _cfg(mode="bp", epochs=3)
-    kw = dict(
-        classes=CLASSES,
-        storage_path=tmp_path / "train",
-        run_name="bp-run",
-        eval_set=run["eval"],
-        num_workers=1,
-    )
-    first = train_student(cfg, run["transfer"], run["logits"], **kw)
+    kw = dict(storage_path=tmp_path / "train", run_name="bp-run", eval_set=run["eval"], num_workers=1)
+    first = train_student(*cfg, run["transfer"], run["logits"], **kw)
     assert first.metrics["num_workers"] == 1
     assert all(np.isfinite(h["train_loss"]) for h in first.history)
     # BP at T = 3 learns slowly from a few steps: ask that the loss goes down, not for accuracy.
     assert first.history[-1]["train_loss"] < first.history[0]["train_loss"]
     # Same storage and name: Ray Train resumes from the last checkpoint, nothing left to train.
-    again = train_student(cfg, run["transfer"], run["logits"], **kw)
+    again = train_student(*cfg, run["transfer"], run["logits"], **kw)
     assert again.metrics["attempt_start_epochs"] == [0, 3]
     assert len(again.history) == 3
     assert _accuracy(again.model_dir, run["eval"]) == pytest.approx(first.metrics["eval_accuracy"], abs=1e-6)
     # Another config under the same name is refused instead of resuming someone else's weights.
     with pytest.raises(ValueError, match="another student config"):
-        train_student(_cfg(mode="bp", epochs=4), run["transfer"], run["logits"], **kw)
+        train_student(*_cfg(mode="bp", epochs=4), run["transfer"], run["logits"], **kw)
 
 
 def test_train_refuses_mismatched_targets_before_starting(ray_session, tmp_path):
     run = make_run(tmp_path, n=40)
     with pytest.raises(TargetError, match="no 'q' column"):
         train_student(
-            _cfg(mode="e"),
-            run["transfer"],
-            run["logits"],
-            classes=CLASSES,
-            storage_path=tmp_path / "t",
-            run_name="x",
-            eval_set=None,
+            *_cfg(mode="e"), run["transfer"], run["logits"], storage_path=tmp_path / "t", run_name="x"
         )
 
 
@@ -250,6 +231,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_session, tmp_path):
     worker (FailureConfig), resumes from that checkpoint and finishes."""
     run = make_run(tmp_path, n=400)
     cfg = _cfg(mode="bs", epochs=8)
+    epochs = cfg[1].epochs
     run_dir = tmp_path / "train" / "kill-run"
     killed: dict = {}
 
@@ -267,22 +249,22 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_session, tmp_path):
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     result = train_student(
-        cfg,
+        *cfg,
         run["transfer"],
         run["soft"],
-        classes=CLASSES,
         storage_path=tmp_path / "train",
         run_name="kill-run",
         eval_set=run["eval"],
+        checkpointing=EVERY_EPOCH,
         num_workers=1,
     )
     thread.join(timeout=5)
     assert killed, "the worker was never killed (training finished before a checkpoint was registered?)"
     starts = result.metrics["attempt_start_epochs"]
-    assert len(starts) == 2 and starts[0] == 0 and 0 < starts[1] < cfg.epochs, starts
+    assert len(starts) == 2 and starts[0] == 0 and 0 < starts[1] < epochs, starts
     # A new worker process took over, and the run reached the last epoch from the checkpoint.
     assert json.loads((run_dir / "workers" / "rank-0.json").read_text())["pid"] != killed["pid"]
-    assert [h["epoch"] for h in result.history] == list(range(cfg.epochs))
+    assert [h["epoch"] for h in result.history] == list(range(epochs))
     assert result.metrics["eval_accuracy"] > 0.6
     acc = _accuracy(result.model_dir, run["eval"])
     assert acc == pytest.approx(result.metrics["eval_accuracy"], abs=1e-6)

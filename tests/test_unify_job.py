@@ -195,12 +195,12 @@ def _run_expect_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 def test_bad_inputs_stop_before_compute(tiny_zoo, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     # Compute must not even start: the job's Ray start-up fails this test if it is reached.
-    import zoo.pipeline.job as job
+    import zoo.pipeline.session as session
 
     def no_ray(*a, **k):
         raise AssertionError("the job reached Ray although its input is bad")
 
-    monkeypatch.setattr(job, "init_ray", no_ray)
+    monkeypatch.setattr(session, "init_ray", no_ray)
     cfg = ["--config", str(tiny_zoo["config"])]
     run_dir = tiny_zoo["tmp"] / "run"
     before = sorted(p.name for p in run_dir.glob("*.parquet"))
@@ -247,8 +247,7 @@ def test_demo_split_validation_set_for_the_sweep() -> None:
 
     from zoo.demo import DemoConfig, make_split
     from zoo.labels import build_label_space
-    from zoo.pipeline.job import eval_from_split, val_from_split
-    from zoo.pipeline.make_zoo import load_dataset
+    from zoo.pipeline.datasets import demo_set, load_dataset
 
     ds = load_dataset(synthetic=True)
     cfg = DemoConfig(
@@ -256,9 +255,9 @@ def test_demo_split_validation_set_for_the_sweep() -> None:
     )
     split = make_split(cfg, ds.labels_train, ds.labels_test, ds.class_names, dataset="synthetic")
     space = build_label_space([t.classes for t in split.teachers])
-    val, test = val_from_split(split, space), eval_from_split(split, space)
+    val, test = demo_set(split, space, "val"), demo_set(split, space, "eval")
     assert len(val.labels) == 300 and "validation images" in val.source and "test images" in test.source
     idx = np.asarray(split.val_indices)
     assert np.array_equal(val.images, ds.images_train[idx])  # training images, not the test split's
     assert [space.classes[k] for k in val.labels] == [ds.class_names[c] for c in ds.labels_train[idx]]
-    assert val_from_split(replace(split, val_indices=()), space) is None
+    assert demo_set(replace(split, val_indices=()), space, "val") is None

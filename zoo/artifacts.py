@@ -40,6 +40,7 @@ __all__ = [
     "SPEC_FILE",
     "WEIGHTS_FILE",
     "ArtifactError",
+    "build_net",
     "InputSpec",
     "ModelSpec",
     "check_artifact",
@@ -264,7 +265,7 @@ def save_model(model: nn.Module, spec: ModelSpec, directory: str | os.PathLike[s
     if not isinstance(spec, ModelSpec):
         raise ArtifactError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     tensors = _state_tensors(model)
-    reference = _build(spec)
+    reference = build_net(spec)
     _check_weights(reference, tensors, "the model to save")
     out = _dry_forward(model, spec)
     _check_output(out, spec, "the model to save")
@@ -301,10 +302,12 @@ def save_model(model: nn.Module, spec: ModelSpec, directory: str | os.PathLike[s
 # loading
 
 
-def _build(spec: ModelSpec) -> nn.Module:
+def build_net(spec: ModelSpec) -> nn.Module:
+    """The randomly initialised network a spec describes (its allow-listed architecture, classes and
+    input size); ArtifactError when the spec cannot be built."""
     if spec.arch not in ARCHITECTURES:
         raise ArtifactError(
-            f"architecture {spec.arch!r} is not allow-listed; allowed: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture: {spec.arch!r} is not allow-listed; allowed: {', '.join(ARCHITECTURES)}"
         )
     try:
         return build_model(
@@ -410,7 +413,7 @@ def load_model(
     if not directory.is_dir():
         raise ArtifactError(f"model directory {directory} does not exist")
     spec = read_spec(directory)
-    model = _build(spec)
+    model = build_net(spec)
     weights_path = directory / WEIGHTS_FILE
     tensors = _read_weights(weights_path)
     _check_weights(model, tensors, str(weights_path))

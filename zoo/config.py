@@ -21,12 +21,17 @@ from typing import Any
 
 import yaml
 
+from zoo.artifacts import InputSpec, ModelSpec, build_net
+from zoo.pipeline import JobError
+from zoo.train import Schedule
+from zoo.unify.recipe import Recipe
+
 __all__ = ["ConfigError", "UnifyConfig", "build_parser", "config_from_args", "load_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(JobError):
     """A config file or flag is invalid; the message names the key and the fix."""
 
 
@@ -55,7 +60,6 @@ class UnifyConfig:
     inference_batch_size: int = 512
     inference_concurrency: int | None = None
     inference_threads: int | None = None
-    inference_strategy: str = "fused"
     # stage 3: soft labels
     method: str = "ce"  # CE-BS: see configs/default.yaml for why
     mode: str = "bs"
@@ -93,27 +97,6 @@ class UnifyConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
-        from zoo.unify import METHODS, MODES
-
-        self.method = self.method.lower()
-        self.mode = self.mode.lower()
-        if self.method not in METHODS:
-            raise ConfigError(f"method {self.method!r} is unknown; choose one of {list(METHODS)}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode {self.mode!r} is unknown; choose one of {list(MODES)}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        from zoo.unify.confidence import SAMPLE_WEIGHTINGS
-
-        if self.sample_weighting not in SAMPLE_WEIGHTINGS:
-            raise ConfigError(
-                f"sample_weighting {self.sample_weighting!r} is unknown; "
-                f"choose one of {list(SAMPLE_WEIGHTINGS)}"
-            )
-        if self.sample_weighting != "none" and self.mode == "bp":
-            raise ConfigError(
-                "sample_weighting weighs the soft-label loss of modes e and bs: set it to none for bp"
-            )
         bad = {k: v for k, v in self.teacher_temperatures.items() if not 0 < v < float("inf")}
         if bad:
             raise ConfigError(
@@ -123,12 +106,56 @@ class UnifyConfig:
         for k in ("epochs", "batch_size", "inference_batch_size"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.inference_strategy not in ("fused", "chained"):
-            raise ConfigError(
-                f"inference_strategy must be 'fused' or 'chained', got {self.inference_strategy!r}"
-            )
         if not self.name or "/" in self.name:
             raise ConfigError(f"name {self.name!r}: give the unified model a name without '/'")
+        # The recipe and the schedule validate themselves: build them once now, so a bad value stops
+        # the job here, named, before anything runs.
+        try:
+            self.recipe()
+            self.schedule()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def recipe(self, teachers: Sequence[str] | None = None) -> Recipe:
+        """The student's recipe; ``teachers`` (names, in the logits' order) place the per-teacher
+        temperatures (lever teacher_temperatures, given by name; 1 for a teacher not named)."""
+        temps = None
+        if self.teacher_temperatures and teachers is not None:
+            unknown = sorted(set(self.teacher_temperatures) - set(teachers))
+            if unknown:
+                raise ConfigError(
+                    f"teacher_temperatures names {unknown} are not among the teachers {list(teachers)}"
+                )
+            temps = tuple(float(self.teacher_temperatures.get(n, 1.0)) for n in teachers)
+        return Recipe(
+            method=self.method,
+            mode=self.mode,
+            temperature=self.temperature,
+            teacher_temperatures=temps,
+            sample_weighting=self.sample_weighting,
+            augment=self.augment,
+        )
+
+    def schedule(self) -> Schedule:
+        """How the student trains (paper 001, Sec. 4.1.1's schedule; `zoo.train.Schedule`)."""
+        return Schedule(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            seed=self.seed,
+        )
+
+    def student_spec(self, classes: Sequence[str], input_spec: InputSpec) -> ModelSpec:
+        """The student's network: the configured architecture over ``classes`` with ``input_spec``."""
+        try:
+            spec = ModelSpec(
+                self.arch, list(classes), input_spec, dict(self.arch_kwargs), {"role": "student"}
+            )
+            build_net(spec)
+        except ValueError as e:  # ArtifactError: unknown arch, bad kwargs or input
+            raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
+        return spec
 
     @property
     def run_path(self) -> Path | str:

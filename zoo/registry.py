@@ -114,6 +114,26 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "zoo"
 
 
+def experiment_id(client: Any, tracking_uri: str | None, name: str) -> str:
+    """The id of the MLflow experiment ``name`` (``client``: an MlflowClient), created (or restored)
+    when missing. With a sqlite store its artifacts go beside the database (``zoo-artifacts/``, as
+    the zoo's models), not in ./mlruns of whatever directory the caller runs in. The one way every
+    job gets an experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    db_dir = _sqlite_dir(tracking_uri or default_tracking_uri())
+    location = (db_dir / "zoo-artifacts").as_uri() if db_dir is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception as exc:  # created concurrently by another job
+        if not _is_already_exists(exc):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 def parse_model_uri(uri: str) -> tuple[str, int | None, str | None]:
     """``models:/name@alias`` -> (name, None, alias); ``models:/name/3`` -> (name, 3, None);
     ``models:/name`` and ``models:/name/latest`` -> (name, None, None)."""
@@ -498,27 +518,9 @@ class Registry:
         return name, version, alias
 
     def _experiment(self) -> str:
-        if self._experiment_id is not None:
-            return self._experiment_id
-        client = self.client
-        exp = client.get_experiment_by_name(EXPERIMENT_NAME)
-        if exp is None:
-            location = None
-            db_dir = _sqlite_dir(self.tracking_uri)
-            if db_dir is not None:  # keep the zoo self-contained: artifacts beside the database
-                location = (db_dir / "zoo-artifacts").as_uri()
-            try:
-                exp_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
-            except Exception as exc:
-                if not _is_already_exists(exc):
-                    raise
-                exp_id = client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
-        else:
-            exp_id = exp.experiment_id
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp_id)
-        self._experiment_id = exp_id
-        return exp_id
+        if self._experiment_id is None:
+            self._experiment_id = experiment_id(self.client, self.tracking_uri, EXPERIMENT_NAME)
+        return self._experiment_id
 
     def _search_models(self, tags: Mapping[str, str] | None = None) -> list[Any]:
         clauses = []

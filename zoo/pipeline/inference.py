@@ -18,17 +18,22 @@ starts feeding the first actor that is ready and a short stage could end before 
 `transfer_path` and `out_path` may be URIs (`s3://`, `file://`...): actors on other nodes read the
 transfer set from there with `pyarrow.fs`, and the driver writes `logits.parquet` there.
 
-`strategy="chained"` instead chains one `map_batches` per teacher (each decodes again); on this
-machine the fused actor is faster (benchmarks/results/inference.md), so it is the default.
+Teacher features: with `features_path`, each teacher's penultimate features (its `embed` of
+`zoo.architectures.split_head`, one forward pass with the logits) go to a second file,
+`features.parquet`: `id`, then one `fixed_size_list<float16>[D_i]` column `f<i>` per teacher (float16
+halves the size: 20k images x 5 teachers x 512 features is 100 MB instead of 200), schema metadata
+`zoo.features` (per teacher: name, version, column, dim, dtype, or why it has no features). A teacher
+whose architecture cannot be split has no column and is marked there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,46 +41,48 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
+from ray.util.annotations import RayDeprecationWarning
 
+from zoo.architectures import split_head
+from zoo.artifacts import build_net, load_model, preprocess
+from zoo.data import decode_image
 from zoo.labels import LabelSpace
-from zoo.pipeline.stages import (
-    FINGERPRINT_KEY,
+from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult, fingerprint, read_fingerprint, run_stage
+from zoo.pipeline.storage import (
+    PathLike,
     atomic_path,
     is_uri,
     parquet_file,
     parquet_metadata,
     read_parquet,
+    read_vectors,
+    vector_column,
 )
+from zoo.pipeline.teachers import Teacher
 
 __all__ = [
+    "VERSION",
+    "FeaturesFile",
     "InferenceError",
     "LogitsFile",
     "TeacherPredictor",
-    "TeacherRef",
+    "inference_stage",
     "plan_actors",
+    "read_features",
     "read_logits",
     "run_teacher_inference",
     "teacher_logits_local",
+    "teacher_outputs_local",
 ]
+
+
+VERSION = 2  # 2: teacher features (features.parquet) as an option
 
 
 class InferenceError(RuntimeError):
     """Teacher inference produced something inconsistent (ids out of order, wrong widths)."""
-
-
-@dataclass(frozen=True)
-class TeacherRef:
-    """A teacher to run: its registry name and version, a local artifact directory (weights +
-    spec.json) and the MLflow run that logged it (lineage)."""
-
-    name: str
-    version: int
-    model_dir: Path
-    run_id: str | None = None
-
-    def lineage(self) -> dict[str, Any]:
-        return {"name": self.name, "version": int(self.version), "run_id": self.run_id}
 
 
 @dataclass
@@ -91,6 +98,16 @@ class LogitsFile:
     fingerprint: str | None = None
 
 
+@dataclass
+class FeaturesFile:
+    """`features.parquet` read back: ids [B] and, per teacher name, its features float32 [B, D_i]
+    (teachers that cannot give features are absent; `missing` says why)."""
+
+    ids: list[str]
+    features: dict[str, torch.Tensor]
+    missing: dict[str, str]
+
+
 # ------------------------------------------------------------------------------------------ actors
 def _artifact_blob(model_dir: Path) -> dict[str, bytes]:
     """The files of an artifact directory as bytes: actor arguments travel through the object store,
@@ -104,21 +121,24 @@ def _artifact_blob(model_dir: Path) -> dict[str, bytes]:
 
 def _decode_batch(blobs: Sequence[bytes]) -> np.ndarray | list[np.ndarray]:
     """Decode encoded images; stack them when they share a shape (the fast path of `preprocess`)."""
-    from zoo.data import decode_image
-
     images = [decode_image(bytes(b)) for b in blobs]
     if images and all(im.shape == images[0].shape for im in images):
         return np.stack(images)
     return images
 
 
+def _split_or_none(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | str:
+    """(embed, head) of `zoo.architectures.split_head`, or why the model cannot give features."""
+    try:
+        return split_head(model)
+    except ValueError as e:
+        return str(e)
+
+
 class TeacherPredictor:
     """A `map_batches` callable class: loads its teachers once, then maps a batch {id, image} to
-    {id, logits} with logits [b, N * L] (row-major [N, L] on the union label space, masked entries 0).
-
-    With `teacher_slots` it scores only those teachers and emits one column `z<i>` [b, L_i] per
-    teacher instead (the chained strategy); the `image` column is passed through for the next one.
-    """
+    {id, logits} with logits [b, N * L] (row-major [N, L] on the union label space, masked entries 0),
+    and with ``features`` also {f<i>: [b, D_i] float16} for every teacher that can give them."""
 
     def __init__(
         self,
@@ -126,15 +146,12 @@ class TeacherPredictor:
         label_space: dict[str, Any],
         device: str | None = None,
         num_threads: int | None = None,
-        teacher_slots: Sequence[int] | None = None,
+        features: bool = False,
     ):
-        from zoo.artifacts import load_model
-
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.space = LabelSpace.from_dict(label_space)
-        self.slots = list(teacher_slots) if teacher_slots is not None else None
         self.models = []
         with tempfile.TemporaryDirectory(prefix="teacher-") as tmp:
             for k, t in enumerate(teachers):
@@ -144,42 +161,25 @@ class TeacherPredictor:
                     (d / fname).write_bytes(data)
                 model, spec = load_model(d, device=str(self.device))
                 model.eval()
-                self.models.append((model, spec))
+                split = _split_or_none(model) if features else None
+                self.models.append((model, spec, split if isinstance(split, tuple) else None))
 
     @torch.inference_mode()
-    def _run(self, images: np.ndarray | list[np.ndarray]) -> list[torch.Tensor]:
-        from zoo.artifacts import preprocess
-
-        out = []
-        for model, spec in self.models:
-            x = preprocess(images, spec.input).to(self.device, non_blocking=True)
-            out.append(model(x).float().cpu())
-        return out
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = _decode_batch(batch["image"])
-        outs = self._run(images)
-        if self.slots is not None:
-            result = {k: v for k, v in batch.items()}
-            for slot, z in zip(self.slots, outs):
-                result[f"z{slot}"] = z.numpy()
-            return result
+        outs, result = [], {"id": batch["id"]}
+        for i, (model, spec, split) in enumerate(self.models):
+            x = preprocess(images, spec.input).to(self.device, non_blocking=True)
+            if split is None:
+                outs.append(model(x).float().cpu())
+                continue
+            embed, head = split
+            f = embed(x)
+            outs.append(head(f).float().cpu())
+            result[f"f{i}"] = f.to(torch.float16).cpu().numpy()
         z = self.space.to_union(outs)
-        # t_done: when this batch was scored (for steady-state throughput; not written to the file)
-        n = z.shape[0]
-        return {"id": batch["id"], "logits": z.reshape(n, -1).numpy(), "t_done": np.full(n, time.time())}
-
-
-def _assemble_chained(space_dict: dict[str, Any]):
-    """A map_batches function gathering the per-teacher columns z<i> into union logits [b, N * L]."""
-
-    def assemble(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        space = LabelSpace.from_dict(space_dict)
-        z = space.to_union([torch.from_numpy(np.asarray(batch[f"z{i}"])) for i in range(space.num_teachers)])
-        n = z.shape[0]
-        return {"id": batch["id"], "logits": z.reshape(n, -1).numpy(), "t_done": np.full(n, time.time())}
-
-    return assemble
+        result["logits"] = z.reshape(z.shape[0], -1).numpy()
+        return result
 
 
 def _read_row_groups(path: str):
@@ -214,8 +214,6 @@ def _read_pieces(pf: pq.ParquetFile, min_pieces: int) -> list[dict[str, int]]:
 
 def _pool_fits_now(plan: dict[str, Any]) -> bool:
     """Whether the cluster has the CPUs/GPUs for the whole actor pool free right now."""
-    import ray
-
     free = ray.available_resources()
     k = plan["concurrency"]
     return free.get("CPU", 0) >= k * plan["num_cpus"] and free.get("GPU", 0) >= k * plan["num_gpus"]
@@ -229,8 +227,6 @@ def plan_actors(
     else one actor per two cores with two torch threads each (on the 2-core machine 1 actor x 2
     threads beat 2 x 1: benchmarks/results/inference.md), each asking for a fractional CPU so read
     tasks always find a slot (whole CPUs for actors starve them: RAY-NOTES). Explicit arguments win."""
-    import ray
-
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     cpus = max(1, int(res.get("CPU", 1)))
@@ -256,35 +252,30 @@ def plan_actors(
 
 # ------------------------------------------------------------------------------------------ stage
 def run_teacher_inference(
-    transfer_path: str | Path,
-    teachers: Sequence[TeacherRef],
+    transfer_path: PathLike,
+    teachers: Sequence[Teacher],
     label_space: LabelSpace,
-    out_path: str | Path,
+    out_path: PathLike,
     *,
+    features_path: PathLike | None = None,
     batch_size: int = 256,
     use_gpu: bool | None = None,
     concurrency: int | None = None,
     num_threads: int | None = None,
-    strategy: str = "fused",
     fingerprint: str | None = None,
     row_group_size: int = 4096,
-    stats: dict[str, Any] | None = None,
     wait_for_actors_s: float = 300.0,
-) -> str | Path:
-    """Score the transfer set with every teacher on Ray Data and write `logits.parquet`:
-    `id: string`, `logits: fixed_size_list<float32>[N*L]` (row-major [N, L], masked entries 0), schema
-    metadata `zoo.label_space`, `zoo.teachers`, `zoo.mask`, `zoo.fingerprint`. Rows keep the order of
-    `transfer.parquet` (checked). Needs a running Ray (`ray.init()`); written atomically. `stats`, when
-    given, receives timings: start, first_batch and end (perf_counter), rows, and the actor plan.
-    Paths may be URIs. When the cluster has room for the whole actor pool, the stage waits up to
-    `wait_for_actors_s` for every actor to start before feeding them (0: do not wait).
-    """
-    import ray
-
+    progress: Callable[[int], None] | None = None,
+) -> PathLike:
+    """Score the images of `transfer_path` (id, image) with every teacher on Ray Data and write
+    `logits.parquet`: `id: string`, `logits: fixed_size_list<float32>[N*L]` (row-major [N, L], masked
+    entries 0), schema metadata `zoo.label_space`, `zoo.teachers`, `zoo.mask`, `zoo.fingerprint`; with
+    ``features_path`` also the teachers' features (module docstring). Rows keep the order of the
+    input (checked). Needs a running Ray; written atomically; paths may be URIs. When the cluster has
+    room for the whole actor pool, the stage waits up to `wait_for_actors_s` for every actor to start
+    before feeding them (0: do not wait). ``progress(rows)`` is called as rows are written."""
     if not ray.is_initialized():
         raise InferenceError("run_teacher_inference needs Ray: call ray.init() first")
-    if strategy not in ("fused", "chained"):
-        raise ValueError(f"strategy must be 'fused' or 'chained', got {strategy!r}")
     names = [t.name for t in teachers]
     if list(label_space.teachers) != names:
         raise ValueError(f"teachers {names} are not the label space's teachers {list(label_space.teachers)}")
@@ -293,22 +284,72 @@ def run_teacher_inference(
     pf = parquet_file(transfer_path)
     expected_ids = pf.read(columns=["id"]).column("id").to_pylist()
     plan = plan_actors(use_gpu, concurrency, num_threads)
-    pieces = _read_pieces(pf, 2 * plan["concurrency"])
-    wait_s = wait_for_actors_s if wait_for_actors_s > 0 and _pool_fits_now(plan) else -1
-    space_dict = label_space.to_dict()
-    blobs = [{"name": t.name, "files": _artifact_blob(t.model_dir)} for t in teachers]
-    width = label_space.num_teachers * label_space.num_classes
-
+    feats = _feature_columns(teachers) if features_path is not None else None
+    schema = _logits_schema(teachers, label_space, plan, batch_size, fingerprint)
     ctx = ray.data.DataContext.get_current()
     old_order, old_wait = ctx.execution_options.preserve_order, ctx.wait_for_min_actors_s
     ctx.execution_options.preserve_order = True  # logits rows stay aligned with transfer rows
     # Feed the pool only once every actor is up (see the module docstring); the context is captured
     # when the dataset is created, so set it first.
-    ctx.wait_for_min_actors_s = wait_s
+    ctx.wait_for_min_actors_s = wait_for_actors_s if wait_for_actors_s > 0 and _pool_fits_now(plan) else -1
     try:
-        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
-        ds = ds.map_batches(_read_row_groups(transfer_path), batch_size=1, num_cpus=0.5)
-        actor_args = dict(
+        ds = _scoring_dataset(transfer_path, pf, teachers, label_space, plan, batch_size, feats is not None)
+        batches = ds.iter_batches(batch_size=row_group_size, batch_format="numpy")
+        with contextlib.ExitStack() as stack:
+            writer = _open_writer(stack, out_path, schema)
+            fwriter = None
+            if feats is not None:
+                fwriter = _open_writer(stack, features_path, _features_schema(teachers, feats, fingerprint))
+            seen = 0
+            for batch in batches:
+                ids = [str(i) for i in batch["id"]]
+                if ids != expected_ids[seen : seen + len(ids)]:
+                    raise InferenceError(
+                        f"rows {seen}..{seen + len(ids)} came back out of order; ids no longer align "
+                        "with the transfer set"
+                    )
+                _write_batch(writer, fwriter, ids, batch, schema, feats)
+                seen += len(ids)
+                if progress is not None:
+                    progress(seen)
+            if seen != len(expected_ids):
+                raise InferenceError(
+                    f"inference returned {seen} rows for {len(expected_ids)} transfer images"
+                )
+    finally:
+        ctx.execution_options.preserve_order = old_order
+        ctx.wait_for_min_actors_s = old_wait
+    return str(out_path) if is_uri(out_path) else Path(out_path)
+
+
+def _scoring_dataset(
+    path: str,
+    pf: pq.ParquetFile,
+    teachers: Sequence[Teacher],
+    space: LabelSpace,
+    plan: dict[str, Any],
+    batch_size: int,
+    features: bool,
+) -> Any:
+    """Row slices -> read tasks -> the pool of TeacherPredictor actors (module docstring)."""
+    pieces = _read_pieces(pf, 2 * plan["concurrency"])
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
+    ds = ds.map_batches(_read_row_groups(path), batch_size=1, num_cpus=0.5)
+    blobs = [{"name": t.name, "files": _artifact_blob(t.model_dir)} for t in teachers]
+    # Ray 2.60 deprecates `ray_remote_args` (and `ray_remote_args_fn`) without a named parameter for
+    # the scheduling strategy, and SPREAD is what puts the actors on every node (tests/test_multinode):
+    # kept, its warning silenced here until Ray has the replacement (before Ray 2.64 removes it).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return ds.map_batches(
+            TeacherPredictor,
+            fn_constructor_kwargs={
+                "teachers": blobs,
+                "label_space": space.to_dict(),
+                "device": plan["device"],
+                "num_threads": plan["num_threads"],
+                "features": features,
+            },
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan["concurrency"]),
             num_cpus=plan["num_cpus"],
@@ -317,72 +358,111 @@ def run_teacher_inference(
             # One actor per node before two on one (Ray Data's default too; explicit, as it matters here).
             scheduling_strategy="SPREAD",
         )
-        kwargs = {"label_space": space_dict, "device": plan["device"], "num_threads": plan["num_threads"]}
-        if strategy == "fused":
-            ds = ds.map_batches(
-                TeacherPredictor, fn_constructor_kwargs={"teachers": blobs, **kwargs}, **actor_args
-            )
+
+
+def _logits_schema(
+    teachers: Sequence[Teacher], space: LabelSpace, plan: dict[str, Any], batch_size: int, fp: str | None
+) -> pa.Schema:
+    meta = {
+        "zoo.label_space": json.dumps(space.to_dict()),
+        "zoo.teachers": json.dumps([t.lineage() for t in teachers]),
+        "zoo.mask": json.dumps(space.mask.tolist()),
+        "zoo.inference": json.dumps({**plan, "batch_size": batch_size}),
+    }
+    if fp is not None:
+        meta[FINGERPRINT_KEY] = fp
+    width = space.num_teachers * space.num_classes
+    return pa.schema(
+        [("id", pa.string()), ("logits", pa.list_(pa.float32(), width))],
+        metadata={k.encode(): v.encode() for k, v in meta.items()},
+    )
+
+
+def _feature_columns(teachers: Sequence[Teacher]) -> list[dict[str, Any]]:
+    """Per teacher: its features column and width, or why it has none (checked on the driver, from
+    the spec: the same split the actors make)."""
+    out = []
+    for i, t in enumerate(teachers):
+        entry: dict[str, Any] = {**t.lineage(), "column": None, "dim": None, "dtype": "float16"}
+        split = _split_or_none(build_net(t.spec))
+        if isinstance(split, tuple):
+            entry.update(column=f"f{i}", dim=int(split[1].in_features))
         else:
-            for i, blob in enumerate(blobs):
-                ds = ds.map_batches(
-                    TeacherPredictor,
-                    fn_constructor_kwargs={"teachers": [blob], "teacher_slots": [i], **kwargs},
-                    **actor_args,
-                )
-            ds = ds.map_batches(
-                _assemble_chained(space_dict), batch_size=batch_size, batch_format="numpy", num_cpus=0.25
-            )
+            entry["missing"] = split
+        out.append(entry)
+    return out
 
-        meta = {
-            "zoo.label_space": json.dumps(space_dict),
-            "zoo.teachers": json.dumps([t.lineage() for t in teachers]),
-            "zoo.mask": json.dumps(label_space.mask.tolist()),
-            "zoo.inference": json.dumps({**plan, "batch_size": batch_size, "strategy": strategy}),
-        }
-        if fingerprint is not None:
-            meta[FINGERPRINT_KEY] = fingerprint
-        schema = pa.schema(
-            [("id", pa.string()), ("logits", pa.list_(pa.float32(), width))],
-            metadata={k.encode(): v.encode() for k, v in meta.items()},
+
+def _features_schema(teachers: Sequence[Teacher], feats: list[dict[str, Any]], fp: str | None) -> pa.Schema:
+    meta = {"zoo.features": json.dumps(feats), "zoo.teachers": json.dumps([t.lineage() for t in teachers])}
+    if fp is not None:
+        meta[FINGERPRINT_KEY] = fp
+    fields = [("id", pa.string())] + [
+        (f["column"], pa.list_(pa.float16(), f["dim"])) for f in feats if f["column"]
+    ]
+    return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()})
+
+
+def _open_writer(stack: contextlib.ExitStack, path: PathLike, schema: pa.Schema) -> pq.ParquetWriter:
+    tmp = stack.enter_context(atomic_path(path, ".parquet"))
+    return stack.enter_context(pq.ParquetWriter(tmp, schema))
+
+
+def _write_batch(
+    writer: pq.ParquetWriter,
+    fwriter: pq.ParquetWriter | None,
+    ids: list[str],
+    batch: dict[str, np.ndarray],
+    schema: pa.Schema,
+    feats: list[dict[str, Any]] | None,
+) -> None:
+    width = schema.field("logits").type.list_size
+    z = np.asarray(batch["logits"], dtype=np.float32).reshape(len(ids), width)
+    id_col = pa.array(ids, pa.string())
+    writer.write_table(pa.table({"id": id_col, "logits": vector_column(z)}, schema=schema))
+    if fwriter is not None:
+        cols = {"id": id_col}
+        for f in feats or []:
+            if f["column"]:
+                rows = np.asarray(batch[f["column"]], dtype=np.float16).reshape(len(ids), f["dim"])
+                cols[f["column"]] = vector_column(rows)
+        fwriter.write_table(pa.table(cols, schema=fwriter.schema))
+
+
+def inference_stage(
+    run: RunDir,
+    transfer: StageResult,
+    teachers: Sequence[Teacher],
+    space: LabelSpace,
+    *,
+    features: bool = False,
+    start_ray: Callable[[], Any] | None = None,
+    **options: Any,
+) -> StageResult:
+    """Stage: `<run>/logits.parquet` (and with ``features`` `<run>/features.parquet`) from the
+    transfer set, redone when the teachers (name, version), the transfer set's content or the label
+    space change, or when features are asked for and not up to date. ``start_ray`` is called first
+    when the stage runs (Ray starts only when needed); ``options`` go to `run_teacher_inference`."""
+    fp = fingerprint("inference", VERSION, [t.lineage() for t in teachers], transfer.value, space.to_dict())
+    stale_features = features and read_fingerprint(run.features) != fp
+
+    def compute() -> None:
+        if start_ray is not None:
+            start_ray()
+        run_teacher_inference(
+            transfer.path,
+            teachers,
+            space,
+            run.logits,
+            features_path=run.features if features else None,
+            fingerprint=fp,
+            **options,
         )
-        seen = 0
-        if stats is not None:
-            stats.update(start=time.perf_counter(), plan=plan, strategy=strategy, batch_size=batch_size)
-        with atomic_path(out_path, ".parquet") as tmp:
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for batch in ds.iter_batches(batch_size=row_group_size, batch_format="numpy"):
-                    ids = [str(i) for i in batch["id"]]
-                    if ids != expected_ids[seen : seen + len(ids)]:
-                        raise InferenceError(
-                            f"rows {seen}..{seen + len(ids)} came back out of order; ids no longer align "
-                            "with the transfer set"
-                        )
-                    z = np.ascontiguousarray(
-                        np.asarray(batch["logits"], dtype=np.float32).reshape(len(ids), width)
-                    )
-                    col = pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), width)
-                    writer.write_table(
-                        pa.table({"id": pa.array(ids, pa.string()), "logits": col}, schema=schema)
-                    )
-                    seen += len(ids)
-                    if stats is not None:
-                        stats.setdefault("first_batch", time.perf_counter())
-                        stats.setdefault("first_rows", seen)
-                        if "t_done" in batch:
-                            stats.setdefault("t_done", []).append(np.asarray(batch["t_done"]))
-            if seen != len(expected_ids):
-                raise InferenceError(
-                    f"inference returned {seen} rows for {len(expected_ids)} transfer images"
-                )
-        if stats is not None:
-            stats.update(end=time.perf_counter(), rows=seen)
-    finally:
-        ctx.execution_options.preserve_order = old_order
-        ctx.wait_for_min_actors_s = old_wait
-    return str(out_path) if is_uri(out_path) else Path(out_path)
+
+    return run_stage("inference", run.logits, fp, compute, force=run.force or stale_features, log=run.log)
 
 
-def read_logits(path: str | Path) -> LogitsFile:
+def read_logits(path: PathLike) -> LogitsFile:
     """Read `logits.parquet` back: ids, z [B, N, L] float32, mask [N, L] bool, label space, teachers."""
     meta = parquet_metadata(path)
     missing = [k for k in ("zoo.label_space", "zoo.teachers", "zoo.mask") if k not in meta]
@@ -391,13 +471,10 @@ def read_logits(path: str | Path) -> LogitsFile:
     space = LabelSpace.from_dict(json.loads(meta["zoo.label_space"]))
     mask = torch.tensor(json.loads(meta["zoo.mask"]), dtype=torch.bool)
     t = read_parquet(path, columns=["id", "logits"])
-    n, big_l = space.num_teachers, space.num_classes
-    col = t.column("logits").combine_chunks()
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    z = torch.from_numpy(flat.reshape(len(t), n, big_l).copy())
+    z = read_vectors(t, "logits").reshape(len(t), space.num_teachers, space.num_classes)
     return LogitsFile(
         ids=t.column("id").to_pylist(),
-        logits=z,
+        logits=torch.from_numpy(z.copy()),
         mask=mask,
         label_space=space,
         teachers=json.loads(meta["zoo.teachers"]),
@@ -405,24 +482,52 @@ def read_logits(path: str | Path) -> LogitsFile:
     )
 
 
-def teacher_logits_local(
-    images: Sequence[bytes], teachers: Sequence[TeacherRef], label_space: LabelSpace, batch_size: int = 256
-) -> torch.Tensor:
-    """The plain in-process computation (no Ray) of the same z [B, N, L]: the reference the tests
-    compare Ray's output with, and the baseline of benchmarks/inference.py."""
+def read_features(path: PathLike) -> FeaturesFile:
+    """Read `features.parquet` back: ids and each teacher's features as float32 [B, D_i]."""
+    meta = parquet_metadata(path)
+    if "zoo.features" not in meta:
+        raise InferenceError(
+            f"{path} lacks schema metadata zoo.features: not written by run_teacher_inference"
+        )
+    t = read_parquet(path)
+    feats, missing = {}, {}
+    for f in json.loads(meta["zoo.features"]):
+        if f["column"]:
+            feats[f["name"]] = torch.from_numpy(read_vectors(t, f["column"]).copy())
+        else:
+            missing[f["name"]] = f.get("missing", "no features")
+    return FeaturesFile(ids=t.column("id").to_pylist(), features=feats, missing=missing)
+
+
+def teacher_outputs_local(
+    images: Sequence[bytes],
+    teachers: Sequence[Teacher],
+    label_space: LabelSpace,
+    batch_size: int = 256,
+    features: bool = False,
+) -> dict[str, np.ndarray]:
+    """The plain in-process computation (no Ray) of what the actors return, over all images:
+    "logits" [B, N * L] and with ``features`` "f<i>" [B, D_i]: the reference the tests compare Ray's
+    output with, and the baseline of benchmarks/inference.py."""
     predictor = TeacherPredictor(
         [{"name": t.name, "files": _artifact_blob(t.model_dir)} for t in teachers],
         label_space.to_dict(),
         device=None,
+        features=features,
     )
-    parts = []
-    for s in range(0, len(images), batch_size):
-        out = predictor(
-            {
-                "id": np.arange(s, min(s + batch_size, len(images))),
-                "image": np.asarray(images[s : s + batch_size], dtype=object),
-            }
+    parts = [
+        predictor(
+            {"id": np.arange(s, min(s + batch_size, len(images))), "image": list(images[s : s + batch_size])}
         )
-        parts.append(torch.from_numpy(out["logits"]))
-    z = torch.cat(parts) if parts else torch.zeros(0, label_space.num_teachers * label_space.num_classes)
-    return z.reshape(-1, label_space.num_teachers, label_space.num_classes)
+        for s in range(0, len(images), batch_size)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in (parts[0] if parts else {}) if k != "id"}
+
+
+def teacher_logits_local(
+    images: Sequence[bytes], teachers: Sequence[Teacher], label_space: LabelSpace, batch_size: int = 256
+) -> torch.Tensor:
+    """`teacher_outputs_local`'s logits as z [B, N, L]."""
+    n, big_l = label_space.num_teachers, label_space.num_classes
+    out = teacher_outputs_local(images, teachers, label_space, batch_size)
+    return torch.from_numpy(out.get("logits", np.zeros((0, n * big_l), np.float32))).reshape(-1, n, big_l)

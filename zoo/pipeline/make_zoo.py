@@ -8,42 +8,51 @@ experiment named after the zoo (tags ``zoo=<name>``, ``kind=split``) and log ``s
 train each teacher as a Ray task (one CPU each, one torch thread, a GPU share when the cluster has
 GPUs), register each as ``<zoo>-t<i>`` (tags ``zoo``, ``role=teacher``, ``split_run``) and end the
 run FINISHED. A rebuild of the same zoo makes new versions of every teacher and a new split run;
-``load_split`` reads the latest FINISHED one, so a crashed build is never taken for a zoo.
+``load_split`` reads the latest FINISHED one, so a crashed build is never taken for a zoo. The data a
+split indexes (`load_dataset`, `dataset_for_split`, `transfer_arrays`) is `zoo.pipeline.datasets`'.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+import torch
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
 
-from zoo.data import FASHION_MNIST_CLASSES, load_fashion_mnist, synthetic_class_names, synthetic_images
+from zoo.artifacts import InputSpec, ModelSpec, build_net, preprocess, save_model
 from zoo.demo import DemoConfig, DemoSplit, make_split, save_split, with_zoo
+from zoo.pipeline.datasets import Dataset, input_spec_for, load_dataset
+from zoo.registry import ModelNotFound, Registry, default_tracking_uri, experiment_id, validate_name
+from zoo.train import evaluate, fit_classifier, pick_device
+
+__all__ = [
+    "DEMO_ZOO",
+    "ZooBuild",
+    "build_zoo",
+    "ensure_demo_zoo",
+    "find_split_run",
+    "format_table",
+    "latest_teachers",
+    "load_split",
+    "teacher_name",
+    "train_teacher",
+]
 
 DEMO_ZOO = "fmnist-demo"  # the zoo the main job builds when it finds none
 SPLIT_FILE = "split.json"
 TEACHERS_FILE = "teachers.json"
-# Sizes of the synthetic stand-in for Fashion-MNIST (--synthetic): 10 classes of 16x16 patterns.
-SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_SIZE = 12000, 2000, 16
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A labelled data set with a train and a test split (uint8 images, int64 labels)."""
-
-    name: str
-    images_train: np.ndarray
-    labels_train: np.ndarray
-    images_test: np.ndarray
-    labels_test: np.ndarray
-    class_names: tuple[str, ...]
 
 
 @dataclass
@@ -58,56 +67,10 @@ class ZooBuild:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     built: bool = True
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
 
 def teacher_name(zoo: str, i: int) -> str:
     return f"{zoo}-t{i}"
-
-
-def load_dataset(data: str | Path | None = None, synthetic: bool = False, download: bool = False) -> Dataset:
-    """Fashion-MNIST (from ``data``, or where `zoo.data.find_fashion_mnist` looks), or with
-    ``synthetic=True`` the synthetic stand-in (10 classes, 16x16; for tests and machines without it)."""
-    if synthetic:
-        xtr, ytr = synthetic_images(SYNTHETIC_TRAIN, 10, size=SYNTHETIC_SIZE, seed=0)
-        xte, yte = synthetic_images(SYNTHETIC_TEST, 10, size=SYNTHETIC_SIZE, seed=1)
-        return Dataset("synthetic", xtr, ytr, xte, yte, synthetic_class_names(10))
-    xtr, ytr = load_fashion_mnist("train", data, download=download)
-    xte, yte = load_fashion_mnist("test", data, download=download)
-    return Dataset("fashion-mnist", xtr, ytr, xte, yte, FASHION_MNIST_CLASSES)
-
-
-def dataset_for_split(split: DemoSplit, data: str | Path | None = None, download: bool = False) -> Dataset:
-    """The data set a split was drawn from (Fashion-MNIST or the synthetic one), checked against the
-    split's label fingerprint: with it, the split's views (teacher data, SPV, transfer and evaluation
-    sets) are exactly those of the build."""
-    ds = load_dataset(data, synthetic=split.dataset == "synthetic", download=download)
-    split.check_labels(ds.labels_train, ds.labels_test)
-    return ds
-
-
-def transfer_arrays(split: DemoSplit, ds: Dataset) -> tuple[np.ndarray, list[str]]:
-    """The transfer set of a demo split as (images uint8 [B, H, W], ids ``train-<index>``), the form
-    `zoo.pipeline.transfer.materialize_transfer_set` takes."""
-    return split.transfer_images(ds.images_train), [f"train-{i}" for i in split.transfer_indices]
-
-
-def input_spec_for(images: np.ndarray):
-    """The input contract of the zoo's teachers: the data set's size and channels, normalised with
-    the training split's mean and standard deviation."""
-    from zoo.artifacts import InputSpec
-
-    x = images.astype(np.float32) / 255.0
-    if images.ndim == 3:
-        return InputSpec(1, images.shape[1], images.shape[2], (float(x.mean()),), (float(x.std()),))
-    axes = (0, 1, 2)
-    return InputSpec(
-        images.shape[3],
-        images.shape[1],
-        images.shape[2],
-        tuple(map(float, x.mean(axes))),
-        tuple(map(float, x.std(axes))),
-    )
 
 
 # ----------------------------------------------------------------------------------------- teachers
@@ -132,21 +95,15 @@ def train_teacher(
     """Train one teacher from scratch on its own data and measure its accuracy on the test images of
     its own classes. Pure PyTorch (runs inside a Ray task or anywhere); returns the weights (CPU
     tensors), the accuracy, the seconds it took and the device."""
-    import torch
-
-    from zoo.architectures import build_model
-    from zoo.artifacts import InputSpec, preprocess
-    from zoo.train import evaluate, fit_classifier, pick_device
-
     start = time.perf_counter()
     if threads is not None:
         # Several teachers share the machine: one thread each beats oversubscribed thread pools.
         torch.set_num_threads(threads)
-    spec = InputSpec.from_dict(dict(input_spec))
+    spec = ModelSpec(arch, list(classes), InputSpec.from_dict(dict(input_spec)), dict(arch_kwargs))
     device = pick_device()
     torch.manual_seed(seed)
-    model = build_model(arch, len(classes), spec.channels, (spec.height, spec.width), **dict(arch_kwargs))
-    x = preprocess(images, spec)
+    model = build_net(spec)
+    x = preprocess(images, spec.input)
     y = torch.as_tensor(np.array(labels, dtype=np.int64))  # a copy: Ray hands tasks read-only arrays
     fit_classifier(
         model,
@@ -161,7 +118,9 @@ def train_teacher(
         augment=augment,
         progress=False,
     )
-    accuracy = evaluate(model, preprocess(eval_images, spec), torch.as_tensor(eval_labels))
+    accuracy = evaluate(
+        model, preprocess(eval_images, spec.input), torch.tensor(eval_labels)
+    )  # a copy: Ray hands tasks read-only arrays
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "state": state,
@@ -174,8 +133,6 @@ def train_teacher(
 def _teacher_task_options(n_teachers: int) -> dict[str, Any]:
     """Ray resources of one teacher task: one CPU; a share of a GPU when the cluster has GPUs (small
     teachers do not fill one)."""
-    import ray
-
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
     opts: dict[str, Any] = {"num_cpus": 1, "max_retries": 1}
     if gpus > 0:
@@ -184,36 +141,9 @@ def _teacher_task_options(n_teachers: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- MLflow
-def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    from zoo.registry import default_tracking_uri
-
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
     uri = tracking_uri or default_tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
-
-
-def _experiment_id(client: Any, uri: str, name: str, create: bool) -> str | None:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            if not create:
-                return None
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    if not create:
-        return None
-    location = None
-    if uri.startswith("sqlite:///"):
-        # Artifacts beside the database (as the registry does), not in the working directory.
-        db = Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser().resolve()
-        location = (db.parent / "zoo-artifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location, tags={"zoo": name})
-    except Exception as exc:  # created concurrently
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc):
-            raise
-        return client.get_experiment_by_name(name).experiment_id
 
 
 def _registry_uri(tracking_uri: Any) -> str | None:
@@ -230,10 +160,11 @@ def _registry_uri(tracking_uri: Any) -> str | None:
 
 def find_split_run(zoo_name: str, tracking_uri: Any = None) -> str | None:
     """The run id of the latest FINISHED build of ``zoo_name``, or None."""
-    client, uri = _client(_registry_uri(tracking_uri))
-    exp_id = _experiment_id(client, uri, zoo_name, create=False)
-    if exp_id is None:
+    client, _ = _client(_registry_uri(tracking_uri))
+    exp = client.get_experiment_by_name(zoo_name)
+    if exp is None or exp.lifecycle_stage == "deleted":
         return None
+    exp_id = exp.experiment_id
     quoted = zoo_name.replace("'", "\\'")
     runs = client.search_runs(
         [exp_id],
@@ -280,83 +211,81 @@ def build_zoo(
     ``ray.init(address=...)`` first. ``timeout_s`` bounds the wait for the teachers: a stuck build
     (e.g. no free CPU for the tasks) raises TimeoutError instead of hanging.
     """
-    import ray
-    from tqdm.auto import tqdm
-
-    from zoo.architectures import build_model
-    from zoo.artifacts import ModelSpec, save_model
-    from zoo.registry import Registry, validate_name
-
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    lap = [t0]
-
-    def mark(phase: str) -> None:
-        now = time.perf_counter()
-        timings[phase] = timings.get(phase, 0.0) + now - lap[0]
-        lap[0] = now
-
     cfg = cfg or DemoConfig()
     tracking_uri = _registry_uri(tracking_uri)
     validate_name(teacher_name(name, cfg.n_teachers - 1))
     ds = dataset or load_dataset(data, synthetic=synthetic, download=download)
     split = with_zoo(make_split(cfg, ds.labels_train, ds.labels_test, ds.class_names, dataset=ds.name), name)
     spec_in = input_spec_for(ds.images_train)
-    # Every architecture of the pool is built once here, so that a bad name or keyword fails now,
-    # with the allow-list in the message, rather than inside a Ray task after the run is opened.
-    for arch, kwargs in {(t.arch, json.dumps(dict(t.arch_kwargs), sort_keys=True)) for t in split.teachers}:
-        build_model(arch, 2, spec_in.channels, (spec_in.height, spec_in.width), **json.loads(kwargs))
-    mark("data_and_split")
-
+    # Every teacher's network is built once here, so that a bad architecture name or keyword fails
+    # now, with the allow-list in the message, rather than inside a Ray task after the run is opened.
+    specs = [ModelSpec(t.arch, list(t.classes), spec_in, dict(t.arch_kwargs)) for t in split.teachers]
+    for spec in specs:
+        build_net(spec)
     registry = Registry(tracking_uri)
     client, uri = _client(registry.tracking_uri)
-    exp_id = _experiment_id(client, uri, name, create=True)
     run = client.create_run(
-        exp_id,
+        experiment_id(client, uri, name),
         run_name=f"build-{name}",
         tags={"zoo": name, "kind": "split", "dataset": ds.name, "overlap": cfg.overlap},
     )
     run_id = run.info.run_id
-    started_ray = False
-    pending: list[Any] = []
+    started_ray = not ray.is_initialized()
     try:
         with tempfile.TemporaryDirectory(prefix="zoo-build-") as tmp:
             save_split(split, Path(tmp) / SPLIT_FILE)
             client.log_artifact(run_id, str(Path(tmp) / SPLIT_FILE))
         _log_params(client, run_id, cfg, ds, split)
-        mark("mlflow_split")
-
-        if not ray.is_initialized():
+        if started_ray:
             ray.init(include_dashboard=False, log_to_driver=False)
-            started_ray = True
-        mark("ray_init")
-        remote = ray.remote(train_teacher).options(**_teacher_task_options(cfg.n_teachers))
-        refs: dict[Any, int] = {}
-        for i, t in enumerate(split.teachers):
-            x, y = split.teacher_data(i, ds.images_train, ds.labels_train)
-            xe, ye = split.teacher_eval(i, ds.images_test, ds.labels_test)
-            ref = remote.remote(
-                t.arch,
-                dict(t.arch_kwargs),
-                list(t.classes),
-                spec_in.to_dict(),
-                x,
-                y,
-                xe,
-                ye,
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                optimizer=cfg.optimizer,
-                augment=cfg.augment,
-                seed=cfg.seed * 1000 + i,
-            )
-            refs[ref] = i
-        pending = list(refs)
-        records: list[Any] = [None] * len(split.teachers)
-        rows: list[dict[str, Any]] = [{}] * len(split.teachers)
-        deadline = time.monotonic() + timeout_s
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        rows = _train_and_register(name, cfg, split, ds, specs, registry, run_id, progress, timeout_s)
+        seconds = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="zoo-build-") as tmp:
+            (Path(tmp) / TEACHERS_FILE).write_text(json.dumps(rows, indent=2))
+            client.log_artifact(run_id, str(Path(tmp) / TEACHERS_FILE))
+        client.log_metric(run_id, "mean_teacher_accuracy", float(np.mean([r["accuracy"] for r in rows])))
+        client.log_metric(run_id, "build_seconds", seconds)
+        client.set_terminated(run_id, "FINISHED")
+        records = [registry.get(r["name"], version=r["version"]) for r in rows]
+        return ZooBuild(name, split, records, run_id, rows, seconds, built=True)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _train_and_register(
+    name: str,
+    cfg: DemoConfig,
+    split: DemoSplit,
+    ds: Dataset,
+    specs: list[ModelSpec],
+    registry: Registry,
+    run_id: str,
+    progress: bool | None,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """Train every teacher as a Ray task and register each as it finishes; returns the teachers' table
+    rows, in teacher order. Pending tasks are cancelled when anything fails."""
+    remote = ray.remote(train_teacher).options(**_teacher_task_options(cfg.n_teachers))
+    refs: dict[Any, int] = {}
+    for i, t in enumerate(split.teachers):
+        x, y = split.teacher_data(i, ds.images_train, ds.labels_train)
+        xe, ye = split.teacher_eval(i, ds.images_test, ds.labels_test)
+        kwargs = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+        ref = remote.remote(
+            t.arch, dict(t.arch_kwargs), list(t.classes), specs[i].input.to_dict(), x, y, xe, ye,
+            augment=cfg.augment, seed=cfg.seed * 1000 + i, **kwargs,
+        )  # fmt: skip
+        refs[ref] = i
+    pending = list(refs)
+    rows: list[dict[str, Any]] = [{}] * len(split.teachers)
+    deadline = time.monotonic() + timeout_s
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
         with tqdm(
             total=len(refs), desc=f"teachers of {name}", unit="teacher", disable=_no_bar(progress)
         ) as bar:
@@ -371,77 +300,65 @@ def build_zoo(
                     )
                 i = refs[done[0]]
                 out = ray.get(done[0])
-                mark("train_wait")
-                t = split.teachers[i]
-                tname = teacher_name(name, i)
-                model = build_model(
-                    t.arch,
-                    len(t.classes),
-                    spec_in.channels,
-                    (spec_in.height, spec_in.width),
-                    **dict(t.arch_kwargs),
-                )
-                model.load_state_dict(out["state"])
-                spec = ModelSpec(
-                    arch=t.arch,
-                    classes=list(t.classes),
-                    input=spec_in,
-                    arch_kwargs=dict(t.arch_kwargs),
-                    metadata={
-                        "source": f"demo:{name}",
-                        "metrics": {"accuracy": out["accuracy"]},
-                        "created": created,
-                        "zoo": name,
-                        "teacher_index": i,
-                        "split_run": run_id,
-                        "dataset": ds.name,
-                        "train_images": len(t.train_indices),
-                    },
-                )
-                with tempfile.TemporaryDirectory(prefix="zoo-teacher-") as tmp:
-                    model_dir = save_model(model, spec, Path(tmp) / tname)
-                    records[i] = registry.register(
-                        tname,
-                        model_dir,
-                        tags={"zoo": name, "role": "teacher", "split_run": run_id, "teacher_index": str(i)},
-                        description=f"teacher {i} of the demo zoo {name} (paper 001 protocol, {cfg.overlap})",
-                    )
-                rows[i] = {
-                    "name": tname,
-                    "version": records[i].version,
-                    "arch": _arch_label(t.arch, t.arch_kwargs),
-                    "classes": ", ".join(t.classes),
-                    "images": len(t.train_indices),
-                    "accuracy": out["accuracy"],
-                    "seconds": out["seconds"],
-                    "device": out["device"],
-                }
-                client.log_metric(run_id, f"t{i}_accuracy", out["accuracy"])
-                mark("register")
+                rows[i] = _register_teacher(name, i, cfg, split, ds, specs[i], out, registry, run_id, created)
+                bar.set_postfix_str(f"{rows[i]['name']} {out['accuracy']:.3f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix_str(f"{tname} {out['accuracy']:.3f}")
-        seconds = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory(prefix="zoo-build-") as tmp:
-            (Path(tmp) / TEACHERS_FILE).write_text(json.dumps(rows, indent=2))
-            client.log_artifact(run_id, str(Path(tmp) / TEACHERS_FILE))
-        client.log_metric(run_id, "mean_teacher_accuracy", float(np.mean([r["accuracy"] for r in rows])))
-        client.log_metric(run_id, "build_seconds", seconds)
-        client.set_terminated(run_id, "FINISHED")
-        mark("finish")
-        return ZooBuild(name, split, records, run_id, rows, seconds, built=True, timings=timings)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
-        client.set_terminated(run_id, "FAILED")
         raise
-    finally:
-        if started_ray:
-            ray.shutdown()
+    return rows
+
+
+def _register_teacher(
+    name: str,
+    i: int,
+    cfg: DemoConfig,
+    split: DemoSplit,
+    ds: Dataset,
+    spec: ModelSpec,
+    out: dict[str, Any],
+    registry: Registry,
+    run_id: str,
+    created: str,
+) -> dict[str, Any]:
+    """Register teacher i (trained: ``out``) as ``<zoo>-t<i>``; returns its row of the table."""
+    t = split.teachers[i]
+    tname = teacher_name(name, i)
+    model = build_net(spec)
+    model.load_state_dict(out["state"])
+    metadata = {
+        "source": f"demo:{name}",
+        "metrics": {"accuracy": out["accuracy"]},
+        "created": created,
+        "zoo": name,
+        "teacher_index": i,
+        "split_run": run_id,
+        "dataset": ds.name,
+        "train_images": len(t.train_indices),
+    }
+    with tempfile.TemporaryDirectory(prefix="zoo-teacher-") as tmp:
+        model_dir = save_model(model, replace(spec, metadata=metadata), Path(tmp) / tname)
+        record = registry.register(
+            tname,
+            model_dir,
+            tags={"zoo": name, "role": "teacher", "split_run": run_id, "teacher_index": str(i)},
+            description=f"teacher {i} of the demo zoo {name} (paper 001 protocol, {cfg.overlap})",
+        )
+    registry.client.log_metric(run_id, f"t{i}_accuracy", out["accuracy"])
+    return {
+        "name": tname,
+        "version": record.version,
+        "arch": _arch_label(t.arch, t.arch_kwargs),
+        "classes": ", ".join(t.classes),
+        "images": len(t.train_indices),
+        "accuracy": out["accuracy"],
+        "seconds": out["seconds"],
+        "device": out["device"],
+    }
 
 
 def _log_params(client: Any, run_id: str, cfg: DemoConfig, ds: Dataset, split: DemoSplit) -> None:
-    from mlflow.entities import Param
-
     params = {
         k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v) for k, v in cfg.to_dict().items()
     }
@@ -462,8 +379,6 @@ def _arch_label(arch: str, kwargs: Mapping[str, Any]) -> str:
 def _no_bar(progress: bool | None) -> bool:
     if progress is not None:
         return not progress
-    import sys
-
     return not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
 
 
@@ -491,8 +406,6 @@ def latest_teachers(zoo_name: str, tracking_uri: Any = None) -> list[Any]:
     """The teachers (ModelRecord, exact versions) of the latest finished build of ``zoo_name``, in
     teacher order. Unlike ``Registry.list({"zoo": name})`` this leaves out ``<zoo>-t<i>`` models
     left over from an earlier build with more teachers. Raises LookupError when there is no build."""
-    from zoo.registry import Registry
-
     uri = _registry_uri(tracking_uri)
     run_id = find_split_run(zoo_name, uri)
     if run_id is None:
@@ -519,8 +432,6 @@ def ensure_demo_zoo(
     """The demo zoo ``name``: built with ``cfg`` only if absent. Present means: a finished build
     (split run) whose teachers ``<name>-t<i>`` are all registered, the latest version of each from
     that build. A present zoo is returned as is, even if ``cfg`` differs (rebuild with build_zoo)."""
-    from zoo.registry import ModelNotFound, Registry
-
     tracking_uri = _registry_uri(tracking_uri)
     run_id = find_split_run(name, tracking_uri)
     if run_id is not None:
@@ -550,22 +461,3 @@ def ensure_demo_zoo(
             ]
             return ZooBuild(name, split, records, run_id, rows, 0.0, built=False)
     return build_zoo(name, cfg, tracking_uri=tracking_uri, **build_kwargs)
-
-
-__all__ = [
-    "Dataset",
-    "ZooBuild",
-    "DEMO_ZOO",
-    "build_zoo",
-    "dataset_for_split",
-    "ensure_demo_zoo",
-    "find_split_run",
-    "format_table",
-    "input_spec_for",
-    "latest_teachers",
-    "load_dataset",
-    "load_split",
-    "teacher_name",
-    "train_teacher",
-    "transfer_arrays",
-]

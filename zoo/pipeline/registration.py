@@ -23,7 +23,14 @@ from typing import Any
 from zoo.artifacts import check_artifact
 from zoo.registry import ModelNotFound, ModelRecord, Registry
 
-__all__ = ["CHAMPION", "REQUIRED_LINEAGE", "champion_decision", "register_student", "teachers_tag"]
+__all__ = [
+    "CHAMPION",
+    "REQUIRED_LINEAGE",
+    "champion_decision",
+    "register_student",
+    "registered_version",
+    "teachers_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,16 @@ def champion_decision(
     return False, f"{metric} {value:.4f} <= champion v{current.version}'s {cur_value:.4f}: champion kept"
 
 
+def registered_version(registry: Registry, name: str, student_fingerprint: str) -> ModelRecord | None:
+    """The version of ``name`` registered from the student with this fingerprint, if any: a rerun
+    that changes nothing registers nothing, even when its own record of the registration was lost."""
+    try:
+        versions = registry.versions(name)
+    except ModelNotFound:
+        return None
+    return next((r for r in versions if r.tags.get("student_fingerprint") == student_fingerprint), None)
+
+
 def register_student(
     registry: Registry,
     name: str,
@@ -93,15 +110,18 @@ def register_student(
     lineage: dict[str, Any],
     metric: str,
     eval_fingerprint: str,
+    not_champion: str | None = None,
 ) -> tuple[ModelRecord, bool]:
     """Register ``model_dir`` (the student, zoo artifact format) as a new version of ``name`` with its
     lineage, then move the alias ``champion`` to it if there is no champion, or if the champion was
     evaluated on the same ``eval_fingerprint`` with the same ``metric`` and the new value is strictly
-    higher. Returns (the new version's record, whether ``champion`` moved to it).
+    higher; never when ``not_champion`` gives a reason (e.g. a student that has not converged).
+    Returns (the new version's record, whether ``champion`` moved to it).
 
     ``lineage``: ``teachers`` (list of {name, version[, run_id]}), ``method``, ``mode``,
     ``temperature``, ``transfer_fingerprint``, and ``metrics`` (must hold ``metric`` unless the spec's
-    ``metadata["metrics"]`` does); anything else is kept in the spec metadata as is.
+    ``metadata["metrics"]`` does); ``student_fingerprint`` when given becomes a tag
+    (`registered_version` finds it); anything else is kept in the spec metadata as is.
     """
     if not isinstance(lineage, Mapping):
         raise ValueError(f"lineage must be a dict, got {type(lineage).__name__}")
@@ -109,7 +129,7 @@ def register_student(
     if missing:
         raise ValueError(f"lineage is missing {missing}; it needs {list(REQUIRED_LINEAGE)} (and 'metrics')")
     if not isinstance(eval_fingerprint, str) or not eval_fingerprint:
-        raise ValueError("eval_fingerprint must be a non-empty string (e.g. EvalSet.fingerprint())")
+        raise ValueError("eval_fingerprint must be a non-empty string (e.g. LabelledSet.fingerprint())")
     model_dir = Path(model_dir)
     spec = check_artifact(model_dir)
     value = _metric_value(metric, lineage, spec.metadata or {})
@@ -119,6 +139,8 @@ def register_student(
     except ModelNotFound:
         current = None
     move, why = champion_decision(current, metric, value, eval_fingerprint)
+    if not_champion:
+        move, why = False, f"{not_champion}: not made champion"
 
     tags = {
         "role": "student",
@@ -132,6 +154,8 @@ def register_student(
         "metric_value": repr(value),
         "champion_decision": why,
     }
+    if lineage.get("student_fingerprint"):
+        tags["student_fingerprint"] = str(lineage["student_fingerprint"])
     # The lineage travels with the weights: a copy of the artifact with it in the spec's metadata.
     lineage_json = json.loads(json.dumps({**lineage, "eval_fingerprint": eval_fingerprint}, default=str))
     with tempfile.TemporaryDirectory(prefix="zoo-student-") as tmp:

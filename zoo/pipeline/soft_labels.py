@@ -1,28 +1,46 @@
-"""Stage 3: soft labels q [B, L] from the teachers' logits (paper 001, Sec. 3.1-3.5), for the E and
-BS modes; BP trains the student on the logits directly and needs no soft labels.
+"""Stage: soft labels q [B, L] from the teachers' logits (paper 001, Sec. 3.1-3.5), for modes E and
+BS; mode BP trains the student on the logits directly and needs none. And the reader that hands the
+student its targets, from either file.
 
-`soft_labels.parquet`: `id: string`, `q: fixed_size_list<float32>[L]`; schema metadata `zoo.method`,
+`soft_labels.parquet`: `id: string`, `q: fixed_size_list<float32>[L]`, optionally `sample_weight:
+float32` (lever sample_weighting); schema metadata `zoo.recipe` (the Recipe, JSON), `zoo.method`,
 `zoo.mode`, `zoo.temperature`, `zoo.weights` (BS: w_l = 1 / mean_b q_b(l), Sec. 3.5.2; JSON [L]),
-`zoo.classes`, `zoo.fingerprint`.
+`zoo.classes`, `zoo.teachers`, `zoo.fingerprint`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from zoo.pipeline import JobError
+from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult
 from zoo.pipeline.inference import read_logits
-from zoo.pipeline.stages import FINGERPRINT_KEY, parquet_metadata, read_parquet, write_parquet_atomic
+from zoo.pipeline.storage import (
+    PathLike,
+    parquet_metadata,
+    read_parquet,
+    read_vectors,
+    vector_column,
+    write_parquet_atomic,
+)
+from zoo.unify import balance_weights
+from zoo.unify.recipe import Recipe, Targets, build_targets
 
-__all__ = ["SoftLabels", "read_soft_labels", "write_soft_labels"]
+__all__ = ["VERSION", "SoftLabels", "TargetError", "load_targets", "read_soft_labels", "soft_labels_stage"]
 
+VERSION = 2  # 2: the recipe in the fingerprint and the metadata
 CHUNK = 8192
+
+
+class TargetError(JobError):
+    """The transfer set and the targets file do not fit together (ids, classes, mode, method)."""
 
 
 @dataclass
@@ -40,86 +58,148 @@ class SoftLabels:
 
 
 def write_soft_labels(
-    logits_path: str | Path,
-    out_path: str | Path,
-    method: str,
-    mode: str,
-    temperature: float,
+    logits_path: PathLike,
+    out_path: PathLike,
+    recipe: Recipe,
     *,
     fingerprint: str | None = None,
     chunk_size: int = CHUNK,
-    teacher_temperatures: list[float] | None = None,
-    sample_weighting: str = "none",
-    **solver_options: object,
-) -> Path:
-    """Estimate q with `zoo.unify.estimate_soft_labels` over `logits.parquet` in chunks of
-    `chunk_size` samples (every method is per-sample, so chunking changes nothing), and in BS mode the
-    class weights with `zoo.unify.balance_weights` (Sec. 3.5.2); write `soft_labels.parquet` atomically.
-
-    Levers (docs/unify.md, "Beyond the paper: levers"): ``teacher_temperatures`` [N] (one per teacher,
-    in logits.parquet's order) divide each teacher's logits first (`zoo.unify.calibration`);
-    ``sample_weighting="confidence"`` adds a column ``sample_weight`` (`zoo.unify.confidence`), which
-    the student's loss then applies per sample.
-    """
-    from zoo.unify import MODES, balance_weights, estimate_soft_labels, normalize_method
-    from zoo.unify.calibration import apply_teacher_temperatures
-    from zoo.unify.confidence import sample_weights
-
-    method = normalize_method(method)
-    mode = str(mode).lower()
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {list(MODES)}")
-    if mode == "bp":
+) -> PathLike:
+    """q of ``recipe`` over `logits.parquet` (`zoo.unify.recipe.build_targets`, ``chunk_size``
+    samples at a time: every method is per-sample, so chunking changes nothing), with BS's class
+    weights in the metadata and the lever's per-sample weights as a column; written atomically to
+    ``out_path`` (a path or a URI)."""
+    if recipe.mode == "bp":
         raise ValueError("mode 'bp' backpropagates the loss on the logits directly: it has no soft labels")
     lf = read_logits(logits_path)
-    z, mask = lf.logits, lf.mask
-    if teacher_temperatures is not None:
-        z = apply_teacher_temperatures(z, teacher_temperatures)
-    parts = []
-    for s in tqdm(
-        range(0, len(lf.ids), chunk_size),
-        desc=f"soft labels {method}-{mode}",
-        unit="chunk",
-        leave=False,
-        disable=None,
-    ):
-        parts.append(estimate_soft_labels(z[s : s + chunk_size], mask, method, temperature, **solver_options))
-    big_l = lf.label_space.num_classes
-    q = torch.cat(parts).float() if parts else torch.zeros(0, big_l)
+    desc = f"soft labels {recipe.name}"
+    bar = lambda starts: tqdm(starts, desc=desc, unit="chunk", leave=False, disable=None)  # noqa: E731
+    t = build_targets(lf.logits, lf.mask, recipe, chunk_size=chunk_size, progress=bar)
     meta = {
-        "zoo.method": method,
-        "zoo.mode": mode,
-        "zoo.temperature": json.dumps(float(temperature)),
+        "zoo.recipe": json.dumps(recipe.to_dict()),
+        "zoo.method": recipe.method,
+        "zoo.mode": recipe.mode,
+        "zoo.temperature": json.dumps(recipe.temperature),
         "zoo.classes": json.dumps(list(lf.label_space.classes)),
         "zoo.teachers": json.dumps(lf.teachers),
     }
-    if solver_options:
-        meta["zoo.solver_options"] = json.dumps(solver_options, default=str)
-    if mode == "bs":
-        meta["zoo.weights"] = json.dumps(balance_weights(q).double().tolist())
+    if t.class_weights is not None:
+        meta["zoo.weights"] = json.dumps(t.class_weights.double().tolist())
     if fingerprint is not None:
         meta[FINGERPRINT_KEY] = fingerprint
-    if teacher_temperatures is not None:
-        meta["zoo.teacher_temperatures"] = json.dumps([float(t) for t in teacher_temperatures])
-    flat = pa.array(np.ascontiguousarray(q.numpy()).reshape(-1))
-    columns = {"id": pa.array(lf.ids, pa.string()), "q": pa.FixedSizeListArray.from_arrays(flat, big_l)}
-    weight = sample_weights(z, mask, sample_weighting) if len(lf.ids) else None
-    if weight is not None:
-        columns["sample_weight"] = pa.array(weight.float().numpy())
-    table = pa.table(columns)
-    return write_parquet_atomic(table, out_path, meta, row_group_size=65536)
+    columns = {"id": pa.array(lf.ids, pa.string()), "q": vector_column(t.q.numpy())}
+    if t.sample_weights is not None:
+        columns["sample_weight"] = pa.array(t.sample_weights.float().numpy())
+    return write_parquet_atomic(pa.table(columns), out_path, meta, row_group_size=65536)
 
 
-def read_soft_labels(path: str | Path) -> SoftLabels:
+def soft_labels_stage(run: RunDir, logits: StageResult, recipe: Recipe) -> StageResult:
+    """Stage: `<run>/soft_labels.parquet`, redone when the logits or the recipe's soft-label fields
+    (method, temperature, teacher temperatures, sample weighting; the mode only as E vs BS) change."""
+    inputs = [logits.fingerprint, {k: v for k, v in recipe.to_dict().items() if k not in ("augment",)}]
+    return run.stage(
+        "soft_labels",
+        run.soft_labels,
+        VERSION,
+        inputs,
+        lambda path, fp: write_soft_labels(logits.path, path, recipe, fingerprint=fp),
+    )
+
+
+def read_soft_labels(path: PathLike) -> SoftLabels:
     """Read `soft_labels.parquet` back: ids, q [B, L], BS weights [L] (None in mode E), metadata."""
     meta = parquet_metadata(path)
     if "zoo.classes" not in meta:
         raise ValueError(f"{path} lacks zoo.classes metadata: not written by write_soft_labels")
-    big_l = len(json.loads(meta["zoo.classes"]))
     t = read_parquet(path, columns=["id", "q"])
-    flat = t.column("q").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    q = torch.from_numpy(np.asarray(flat, dtype=np.float32).reshape(len(t), big_l).copy())
+    q = torch.from_numpy(read_vectors(t, "q").copy())
     weights = (
         torch.tensor(json.loads(meta["zoo.weights"]), dtype=torch.float32) if "zoo.weights" in meta else None
     )
     return SoftLabels(ids=t.column("id").to_pylist(), q=q, weights=weights, meta=meta)
+
+
+# ------------------------------------------------------------------------------ the student's targets
+def load_targets(path: PathLike, ids: Sequence[str], classes: Sequence[str], recipe: Recipe) -> Targets:
+    """The student's targets aligned to ``ids`` (the transfer set's order): q (+ BS class weights,
+    sample weights) from soft_labels.parquet for modes E and BS, the teachers' logits and mask from
+    logits.parquet for mode BP. TargetError when the file does not fit the transfer set, the classes,
+    the mode or the method."""
+    table = read_parquet(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    order = _align(table, ids, path)
+    if recipe.mode == "bp":
+        return _logit_targets(table, meta, order, classes, path)
+    if "q" not in table.column_names:
+        raise TargetError(
+            f"mode {recipe.mode!r} trains on soft labels: {path} has no 'q' column "
+            "(pass soft_labels.parquet; logits.parquet is for mode 'bp')"
+        )
+    _check_classes(json.loads(meta["zoo.classes"]) if "zoo.classes" in meta else None, classes, path)
+    got = meta.get("zoo.method")
+    if got is not None and got.lower() != recipe.method:
+        raise TargetError(
+            f"{path} holds soft labels of method {got!r}, the student asks for {recipe.method!r}"
+        )
+    # The same q serves E and BS (BS only adds class weights), so only a BP file is refused.
+    if meta.get("zoo.mode", "e").lower() not in ("e", "bs"):
+        raise TargetError(f"{path} was written for mode {meta['zoo.mode']!r}, not e/bs")
+    q = read_vectors(table, "q")
+    if q.shape[1] != len(classes):
+        raise TargetError(f"{path}: q has {q.shape[1]} classes, the student has {len(classes)}")
+    q = torch.from_numpy(q[order])
+    weights = None
+    if recipe.mode == "bs":
+        raw = meta.get("zoo.weights")
+        has = raw not in (None, "", "null")
+        weights = torch.tensor(json.loads(raw), dtype=torch.float32) if has else balance_weights(q).float()
+    sample = None
+    if "sample_weight" in table.column_names:
+        sample = torch.from_numpy(table.column("sample_weight").to_numpy().astype(np.float32)[order])
+    return Targets(q=q, class_weights=weights, sample_weights=sample)
+
+
+def _align(table: pa.Table, ids: Sequence[str], path: PathLike) -> np.ndarray:
+    """Row order that puts the file's rows in ``ids``' order (TargetError when the ids differ)."""
+    if "id" not in table.column_names:
+        raise TargetError(f"{path} has no 'id' column")
+    target_ids = [str(i) for i in table.column("id").to_pylist()]
+    if len(set(target_ids)) != len(target_ids):
+        raise TargetError(f"{path} has duplicate ids")
+    pos = {i: k for k, i in enumerate(target_ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing or len(target_ids) != len(ids):
+        raise TargetError(
+            f"ids of {path} ({len(target_ids)} rows) do not match the transfer set ({len(ids)} rows; "
+            f"{len(missing)} transfer ids missing, e.g. {missing[:3]}): recompute the targets from this "
+            "transfer set"
+        )
+    return np.fromiter((pos[i] for i in ids), dtype=np.int64, count=len(ids))
+
+
+def _check_classes(file_classes: Sequence[str] | None, classes: Sequence[str], path: PathLike) -> None:
+    if file_classes is not None and list(file_classes) != list(classes):
+        raise TargetError(f"{path} is over classes {list(file_classes)}, the student over {list(classes)}")
+
+
+def _logit_targets(
+    table: pa.Table, meta: dict[str, str], order: np.ndarray, classes: Sequence[str], path: PathLike
+) -> Targets:
+    if "logits" not in table.column_names:
+        raise TargetError(
+            f"mode 'bp' backpropagates from the teachers' logits: {path} has no 'logits' column "
+            "(pass logits.parquet)"
+        )
+    if "zoo.mask" not in meta:
+        raise TargetError(f"{path} has no 'zoo.mask' schema metadata: write it with run_teacher_inference")
+    mask = torch.tensor(json.loads(meta["zoo.mask"]), dtype=torch.bool)
+    L = len(classes)
+    if mask.ndim != 2 or mask.shape[1] != L:
+        raise TargetError(f"{path}: mask has shape {tuple(mask.shape)}, expected [N, {L}]")
+    if "zoo.label_space" in meta:
+        _check_classes(json.loads(meta["zoo.label_space"]).get("classes"), classes, path)
+    flat = read_vectors(table, "logits")
+    N = mask.shape[0]
+    if flat.shape[1] != N * L:
+        raise TargetError(f"{path}: logits have width {flat.shape[1]}, expected N*L = {N}*{L}")
+    return Targets(logits=torch.from_numpy(flat[order].reshape(len(order), N, L)), mask=mask)

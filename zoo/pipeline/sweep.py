@@ -3,14 +3,14 @@
 Paper 001 compares five methods (SD, CE, MF-P, MF-LU, MF-LF), each as E, BP or BS (Sec. 3.5), and
 studies the temperature T in {1, 3, 6, 10} (Sec. 4.2, Fig. 3b). `run_sweep` picks them for a given
 zoo and transfer set by training short students, one per grid point, in a Ray Tune function
-trainable with a plain single-process torch loop (RAY-NOTES: `Tuner(TorchTrainer)` does not work
-under Train V2, and short trials do not pay Ray Train's start-up):
+trainable with the training core in one process (`zoo.train.fit`; RAY-NOTES: `Tuner(TorchTrainer)`
+does not work under Train V2, and short trials do not pay Ray Train's start-up):
 
 - the transfer images (decoded and preprocessed once, on the driver) and the teachers' logits
   (`logits.parquet`, never recomputed) go to the object store once (`tune.with_parameters`); each
-  trial builds its targets: q = estimate_soft_labels (E), plus balance_weights (BS), or the BP loss
-  on the logits (`zoo.unify.unify_loss`), and trains with the same loss, batch order and schedule as
-  the final Ray Train student (`zoo.pipeline.training`);
+  trial is a `Recipe` (the job's levers with the grid point's method, mode and T) and a `Schedule`
+  (the job's, with the grid point's lr and the sweep's epochs): the same targets, loss, batch order
+  and schedule as the final Ray Train student, so a trial is a short run of the final job;
 - every epoch a trial reports `val_accuracy` (labelled validation set, when given: a split apart from
   the test set, which must not choose the config it then reports on), the label-free proxies of
   `zoo.proxy` on transfer images held out of training, and `score`, the metric the sweep maximises:
@@ -23,7 +23,8 @@ under Train V2, and short trials do not pay Ray Train's start-up):
 Files under `<run_dir>/sweep/`: `tune/` (Tune's experiment: trial dirs, TensorBoard events),
 `results.json` (every trial, the best config, fingerprint: a rerun with the same inputs returns it
 without training), `sweep.png`. The run directory may be a URI (`s3://`, `file://`; Tune writes its
-experiment there with pyarrow.fs too).
+experiment there with pyarrow.fs too). The sweep returns a result; it changes nothing of the job's:
+`SweepResult.chosen(recipe, schedule)` makes the final student's recipe and schedule.
 """
 
 from __future__ import annotations
@@ -33,17 +34,46 @@ import math
 import os
 import time
 import typing
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+import ray
 import torch
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.logger import LoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from zoo.artifacts import InputSpec
-from zoo.proxy import PROXIES
+from zoo.artifacts import ModelSpec, build_net, preprocess
+from zoo.config import coerce
+from zoo.pipeline.cache import fingerprint, read_fingerprint
+from zoo.pipeline.datasets import LabelledSet
+from zoo.pipeline.inference import read_logits
+from zoo.pipeline.soft_labels import load_targets
+from zoo.pipeline.storage import (
+    atomic_path,
+    is_uri,
+    join,
+    local_copy,
+    path_exists,
+    read_text,
+    write_json_atomic,
+)
+from zoo.pipeline.transfer import load_transfer_images
+from zoo.proxy import PROXIES, proxy_scores, spearman
+from zoo.registry import experiment_id
+from zoo.train import Schedule, evaluate, fit, pick_device, predict_logits
+from zoo.unify import METHODS, MODES
+from zoo.unify.recipe import Recipe, Targets, build_targets, make_loss
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend: no display here)
 
 __all__ = [
     "SweepConfig",
@@ -57,7 +87,7 @@ __all__ = [
     "train_trial",
 ]
 
-STAGE_VERSION = 1
+VERSION = 2  # 2: trials are (Recipe, Schedule)
 SCORE = "score"
 
 
@@ -91,9 +121,6 @@ class SweepConfig:
     verbose: int = 1  # Tune's console progress (0 silent, 1 status table, 2 every result)
 
     def __post_init__(self) -> None:
-        from zoo.config import coerce  # the job config's typed checks, reused
-        from zoo.unify import METHODS, MODES
-
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
@@ -132,8 +159,6 @@ def load_sweep_config(
 ) -> SweepConfig:
     """SweepConfig from a YAML file (keys: the fields; '-' or '_'), with non-None ``overrides`` on top.
     A file may nest its keys under ``sweep:`` so one YAML can hold a job config too."""
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -154,7 +179,7 @@ def load_sweep_config(
 
 
 def grid(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Every trial's config: {method, mode, temperature, lr}, in a stable order."""
+    """Every trial's grid point: {method, mode, temperature, lr}, in a stable order."""
     return [
         {"method": m, "mode": mode, "temperature": float(t), "lr": float(lr)}
         for m in cfg.methods
@@ -162,6 +187,18 @@ def grid(cfg: SweepConfig) -> list[dict[str, Any]]:
         for t in cfg.temperatures
         for lr in cfg.lrs
     ]
+
+
+def trial_config(point: Mapping[str, Any], recipe: Recipe, schedule: Schedule) -> tuple[Recipe, Schedule]:
+    """A grid point as the trial's recipe (the job's levers, the point's method, mode and T) and
+    schedule (the job's, with the point's lr); a sweep pairs lever sets with every mode, and BP has no
+    per-sample soft-label term to weigh, so sample weighting is off for BP."""
+    weighting = "none" if point["mode"] == "bp" else recipe.sample_weighting
+    trial = recipe.replace(
+        method=point["method"], mode=point["mode"], temperature=float(point["temperature"]),
+        sample_weighting=weighting,
+    )  # fmt: skip
+    return trial, replace(schedule, lr=float(point["lr"]))
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -188,46 +225,35 @@ class SweepData:
 def prepare_data(
     transfer_path: str | Path,
     logits_path: str | Path,
-    spec: InputSpec,
+    spec: ModelSpec,
     cfg: SweepConfig,
-    eval_set: Any | None = None,
+    val_set: LabelledSet | None = None,
 ) -> SweepData:
     """Read transfer.parquet and logits.parquet of a run once, take a seeded subset of
     ``cfg.transfer_limit`` images, hold ``cfg.proxy_holdout`` of them out, and preprocess the images
-    (and ``eval_set``, the labelled validation set: an EvalSet or (images, labels), subset to
-    ``cfg.eval_limit``) to ``spec``. Paths may be URIs."""
-    from zoo.artifacts import preprocess
-    from zoo.pipeline.inference import read_logits
-    from zoo.pipeline.training import load_targets, load_transfer_images
-
+    (and ``val_set``, the labelled validation set, subset to ``cfg.eval_limit``) to the student's
+    input. Paths may be URIs."""
     lf = read_logits(logits_path)
     classes = list(lf.label_space.classes)
-    ids, images = load_transfer_images(transfer_path, spec)
+    ids, images = load_transfer_images(transfer_path, spec.input)
     # Aligned to the transfer set's order; raises TargetError when the two files do not match.
-    z = load_targets(logits_path, ids, classes, "bp", "sd")["logits"]
-    n = len(ids)
+    z = load_targets(logits_path, ids, classes, Recipe(mode="bp")).logits
     rng = np.random.default_rng(cfg.seed)
-    take = rng.permutation(n)[: min(n, cfg.transfer_limit or n)]
+    take = rng.permutation(len(ids))[: min(len(ids), cfg.transfer_limit or len(ids))]
     hold = min(cfg.proxy_holdout, len(take) // 5)
     if hold < 1 or len(take) - hold < 2:
         raise ValueError(
-            f"the transfer set has {n} images: too few for a sweep that holds {cfg.proxy_holdout} out "
-            "for the proxy; lower proxy_holdout or give a larger transfer set"
+            f"the transfer set has {len(ids)} images: too few for a sweep that holds {cfg.proxy_holdout} "
+            "out for the proxy; lower proxy_holdout or give a larger transfer set"
         )
     hold_idx, train_idx = torch.from_numpy(take[:hold]), torch.from_numpy(take[hold:])
     val_images = val_labels = None
-    if eval_set is not None:
-        ev_images, ev_labels = (
-            (eval_set.images, eval_set.labels) if hasattr(eval_set, "labels") else tuple(eval_set)
-        )
-        labels = np.asarray(ev_labels, dtype=np.int64)
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+    if val_set is not None:
+        if len(val_set) and (val_set.labels.min() < 0 or val_set.labels.max() >= len(classes)):
             raise ValueError(f"validation labels must be indices into the {len(classes)} union classes")
-        sel = np.arange(len(labels))
-        if cfg.eval_limit and len(labels) > cfg.eval_limit:
-            sel = np.sort(rng.permutation(len(labels))[: cfg.eval_limit])
-        picked = ev_images[sel] if isinstance(ev_images, np.ndarray) else [ev_images[i] for i in sel]
-        val_images, val_labels = preprocess(picked, spec), torch.from_numpy(labels[sel])
+        if cfg.eval_limit and len(val_set) > cfg.eval_limit:
+            val_set = val_set.take(np.sort(rng.permutation(len(val_set))[: cfg.eval_limit]))
+        val_images, val_labels = preprocess(val_set.images, spec.input), torch.from_numpy(val_set.labels)
     return SweepData(
         train_images=images[train_idx].contiguous(),
         train_logits=z[train_idx].contiguous(),
@@ -241,164 +267,95 @@ def prepare_data(
 
 
 # ----------------------------------------------------------------------------------------- trial
-def trial_targets(
-    data: SweepData,
-    method: str,
-    mode: str,
-    temperature: float,
-    levers: Mapping[str, Any] | None = None,
-    student_logits: torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """The targets `zoo.pipeline.training`'s loss takes: q (+ BS weights, Sec. 3.5.2) for E and BS,
-    the logits and mask for BP (Sec. 3.5.1), with the lever options in ``levers``
-    (`zoo.pipeline.training.build_targets`; ``student_logits``: a previous self-training round's)."""
-    from zoo.pipeline.training import build_targets
-
-    cfg = {**dict(levers or {}), "method": method, "mode": mode, "temperature": temperature}
-    return build_targets(data.train_logits, data.mask, cfg, student_logits)
-
-
 def train_trial(
     data: SweepData,
-    trial: Mapping[str, Any],
-    student: Any,
-    epochs: int,
+    spec: ModelSpec,
+    schedule: Schedule,
+    recipe: Recipe,
     report: Callable[[dict[str, Any]], None] | None = None,
     device: str | torch.device | None = None,
+    targets: Targets | None = None,
 ) -> list[dict[str, Any]]:
-    """Train one student for ``epochs`` epochs with ``trial``'s method, mode, temperature and lr
-    (plain torch, one process) and return the per-epoch metrics, also passed to ``report`` as they come.
-
-    ``student`` is a `zoo.pipeline.training.StudentConfig` (arch, input, batch size, optimiser,
-    seed, schedule); the loss, the batch order (seed, epoch) and the lr schedule are the final
-    student's (`zoo.pipeline.training`), so a trial is a short run of the final job.
-    """
-    from zoo.train import pick_device, predict_logits
-
+    """Train one student (``spec``, seeded by ``schedule.seed``: the same initial weights and batches
+    for every recipe, paper 001 Sec. 4.1.1) on the recipe's targets with the training core in this
+    process, and return the per-epoch metrics (also passed to ``report`` as they come): train loss,
+    the label-free proxies on the held-out transfer images, and the validation accuracy when the data
+    has labels. ``targets``: precomputed `build_targets` of the training part (a caller comparing
+    modes of one estimate shares them). Lever ``self_train_rounds``: each round retrains from the same
+    initial weights on q re-estimated with the previous round's student as one more teacher."""
     dev = pick_device(device)
-    cfg = {**student.to_dict(), **dict(trial), "epochs": int(epochs)}
-    history: list[dict[str, Any]] = []
-    student_logits = None
-    # Lever self_train_rounds (zoo.unify.self_training): each round retrains from the same initial
-    # weights on q re-estimated with the previous round's student as one more teacher.
-    rounds = int(cfg.get("self_train_rounds", 0))
-    for r in range(rounds + 1):
-        targets = trial_targets(data, cfg["method"], cfg["mode"], cfg["temperature"], cfg, student_logits)
-        model, history = _fit_trial(data, cfg, targets, student, epochs, report if r == rounds else None, dev)
-        if r < rounds:
+    images = data.train_images.to(dev)
+    student_logits, history = None, []
+    for r in range(recipe.self_train_rounds + 1):
+        if targets is None or r > 0:
+            targets = build_targets(data.train_logits, data.mask, recipe, student_logits)
+        torch.manual_seed(schedule.seed)
+        model = build_net(spec).to(dev)
+        last = r == recipe.self_train_rounds
+        on_epoch = _trial_metrics(data, report) if last else None
+        history = fit(
+            model,
+            images,
+            make_loss(recipe, targets, dev),
+            schedule,
+            augment=recipe.augment,
+            on_epoch=on_epoch,
+        )
+        if not last:
             student_logits = predict_logits(model, data.train_images)
     return history
 
 
-def _fit_trial(
-    data: SweepData,
-    cfg: dict[str, Any],
-    targets: dict[str, Any],
-    student: Any,
-    epochs: int,
-    report: Callable[[dict[str, Any]], None] | None,
-    dev: torch.device,
-) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
-    """One student trained on ``targets`` (train_trial's loop): the model and its per-epoch metrics."""
-    from zoo.architectures import build_model
-    from zoo.pipeline.training import augment_generator, epoch_order, lr_at, make_loss
-    from zoo.proxy import proxy_scores
-    from zoo.train import evaluate, predict_logits
-    from zoo.unify.augment import random_translate
+def _trial_metrics(data: SweepData, report: Callable[[dict[str, Any]], None] | None):
+    """The per-epoch callback of a trial: proxies on the held-out transfer images, validation
+    accuracy when there are labels, then ``report``."""
 
-    loss_fn = make_loss(cfg, targets, dev)
-    spec = student.input
-    # Same initial weights and batches for every trial (paper 001, Sec. 4.1.1).
-    torch.manual_seed(cfg["seed"])
-    model = build_model(
-        cfg["arch"],
-        len(data.classes),
-        in_channels=spec.channels,
-        image_size=(spec.height, spec.width),
-        **cfg["arch_kwargs"],
-    ).to(dev)
-    if cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    def on_epoch(epoch: int, model: torch.nn.Module, metrics: dict[str, Any]) -> None:
+        proxy = proxy_scores(
+            predict_logits(model, data.holdout_images), data.holdout_logits, data.mask, temperature=1.0
         )
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    images = data.train_images.to(dev)
-    n, bs = len(images), int(cfg["batch_size"])
-    history = []
-    for epoch in range(int(epochs)):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        model.train()
-        order = epoch_order(n, cfg["seed"], epoch, 1, 0).to(dev)
-        gen = augment_generator(cfg, epoch)
-        total, count = 0.0, 0
-        for s in range(0, n, bs):
-            idx = order[s : s + bs]
-            if len(idx) < 2 and count:  # BatchNorm cannot train on a batch of one
-                continue
-            x = images[idx] if gen is None else random_translate(images[idx], gen)
-            loss = loss_fn(model(x), idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        train_loss = total / max(1, count)
-        student_logits = predict_logits(model, data.holdout_images)
-        proxy = proxy_scores(student_logits, data.holdout_logits, data.mask, temperature=1.0)
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
-            "proxy_agreement": float(proxy["agreement"].mean()),
-            "proxy_neg_xent": float(proxy["neg_xent"].mean()),
-            "epoch_time_s": time.perf_counter() - t0,
-        }
+        metrics["proxy_agreement"] = float(proxy["agreement"].mean())
+        metrics["proxy_neg_xent"] = float(proxy["neg_xent"].mean())
         if data.has_labels:
             metrics["val_accuracy"] = evaluate(model, data.val_images, data.val_labels)
-        history.append(metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            metrics["train_loss"] = float("nan")
         if report is not None:
             report(dict(metrics))
-        if not math.isfinite(train_loss):
-            # Diverged (logit-space BP losses at a high lr or T = 1, noisy teachers): the weights are
-            # NaN from here on, so further epochs only cost time; the trial's score says it failed.
-            warnings.warn(
-                f"trial {cfg['method']}-{cfg['mode']} T={cfg['temperature']} lr={cfg['lr']}: the student's "
-                f"loss is not finite at epoch {epoch + 1}; stopped (lower the lr)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            break
-    return model, history
+
+    return on_epoch
 
 
 def _score_key(cfg: SweepConfig, has_labels: bool) -> str:
     if cfg.metric == "accuracy" or (cfg.metric == "auto" and has_labels):
         if not has_labels:
-            raise ValueError("sweep metric 'accuracy' needs a labelled validation set (eval_set)")
+            raise ValueError("sweep metric 'accuracy' needs a labelled validation set (val_set)")
         return "val_accuracy"
     return f"proxy_{cfg.proxy}"
 
 
 def _trainable(
-    config: dict[str, Any], data: SweepData, student: Any, epochs: int, score_key: str, threads: int
+    config: dict[str, Any],
+    data: SweepData,
+    spec: ModelSpec,
+    schedule: Schedule,
+    recipe: Recipe,
+    score_key: str,
+    threads: int,
 ) -> None:
     """The Tune function trainable: one trial, metrics reported every epoch (ASHA may stop it)."""
-    from ray import tune
-
     torch.set_num_threads(max(1, threads))
+    trial_recipe, trial_schedule = trial_config(config["trial"], recipe, schedule)
 
     def report(m: dict[str, Any]) -> None:
         tune.report({**m, SCORE: m[score_key]})
 
-    train_trial(data, config["trial"], student, epochs, report=report)
+    train_trial(data, spec, trial_schedule, trial_recipe, report=report)
 
 
-# ------------------------------------------------------------------------------------- results
 @dataclass
 class SweepResult:
-    best_config: dict[str, Any]  # {method, mode, temperature, lr}: feed it to the final student
+    best_config: dict[str, Any]  # {method, mode, temperature, lr}: `chosen` makes the final student's
     best_score: float
     metric: str  # "val_accuracy" or "proxy_agreement"
     trials: list[dict[str, Any]]  # config, last metrics, epochs run, per-epoch history, error
@@ -411,6 +368,29 @@ class SweepResult:
     seconds: float
     skipped: bool = False
 
+    def chosen(self, recipe: Recipe, schedule: Schedule) -> tuple[Recipe, Schedule]:
+        """The final student's recipe (the job's levers, the best method, mode and T) and schedule
+        (the job's, with the best lr)."""
+        return trial_config(self.best_config, recipe, schedule)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], results_path: Path | str, skipped: bool = False) -> SweepResult:
+        """A result read back from results.json (a rerun with the same inputs)."""
+        plot = d.get("plot_path") or None
+        return cls(
+            best_config=d["best_config"],
+            best_score=d["best_score"],
+            metric=d["metric"],
+            trials=d["trials"],
+            spearman_proxy_accuracy=d.get("spearman_proxy_accuracy"),
+            plot_path=Path(plot) if plot and not is_uri(plot) else plot,
+            results_path=results_path,
+            mlflow_run_id=d.get("mlflow_run_id"),
+            tune_path=d["tune_path"],
+            seconds=0.0,
+            skipped=skipped,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plot_path"] = str(self.plot_path) if self.plot_path else None
@@ -421,14 +401,6 @@ class SweepResult:
 def plot_sweep(trials: Sequence[Mapping[str, Any]], metric: str, path: str | Path) -> Path:
     """PNG of ``metric`` by temperature, one line per method, one panel per mode (best over lr when the
     grid has several); written through a temporary file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from zoo.pipeline.stages import atomic_path
-    from zoo.unify import METHODS
-
     ok = [t for t in trials if t.get("metrics", {}).get(metric) is not None]
     modes = sorted({t["config"]["mode"] for t in ok}, key=["e", "bp", "bs"].index) or ["e"]
     temps = sorted({t["config"]["temperature"] for t in ok})
@@ -462,8 +434,6 @@ def plot_sweep(trials: Sequence[Mapping[str, Any]], metric: str, path: str | Pat
         fontsize=9,
     )
     fig.tight_layout()
-    from zoo.pipeline.stages import is_uri
-
     path = str(path) if is_uri(path) else Path(path)
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -487,8 +457,6 @@ def _format_table(trials: Sequence[Mapping[str, Any]], metric: str) -> str:
 
 # ------------------------------------------------------------------------------------------ run
 def _max_concurrent(cfg: SweepConfig) -> int:
-    import ray
-
     if cfg.max_concurrent_trials:
         return int(cfg.max_concurrent_trials)
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -502,14 +470,11 @@ def _parent_run(
     tracking_uri: str | None, experiment: str, parent_run_id: str | None
 ) -> tuple[str, str, bool]:
     """(parent run id, its experiment name, created here)."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri)
     if parent_run_id is not None:
         run = client.get_run(parent_run_id)
         return parent_run_id, client.get_experiment(run.info.experiment_id).name, False
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = experiment_id(client, tracking_uri, experiment)
     run = client.create_run(exp_id, run_name="sweep", tags={"zoo.job": "sweep"})
     return run.info.run_id, experiment, True
 
@@ -518,8 +483,10 @@ def run_sweep(
     cfg: SweepConfig,
     run_dir: str | Path,
     *,
-    student: Any,
-    eval_set: Any | None = None,
+    spec: ModelSpec,
+    schedule: Schedule,
+    recipe: Recipe = Recipe(),
+    val_set: LabelledSet | None = None,
     tracking_uri: str | None = None,
     experiment: str = "unify",
     parent_run_id: str | None = None,
@@ -527,35 +494,18 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> SweepResult:
     """Sweep ``cfg``'s grid on the run directory's cached ``transfer.parquet`` and ``logits.parquet``
-    (teacher inference is never re-run) and return the best config (`SweepResult.best_config`:
-    method, mode, temperature, lr) for the final student. Needs a running Ray.
+    (teacher inference is never re-run) and return the result (`SweepResult.chosen` makes the final
+    student's recipe and schedule). Needs a running Ray.
 
-    ``student``: the job's `StudentConfig` (arch, input contract, batch size, optimiser, seed);
-    ``eval_set``: an `EvalSet` (or (images, labels)) of labelled *validation* images over the union
-    classes (not the test set the final student is reported on: choosing on it would make that report
-    optimistic), else the sweep ranks trials by the label-free proxy (`zoo.proxy`). ``run_dir`` may
-    be a URI. Trials are MLflow runs
-    in the parent's experiment, nested under ``parent_run_id`` (a "sweep" run is created when None).
-    A rerun with the same inputs and config returns the recorded result without training (``force``
-    reruns).
-    """
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from zoo.pipeline.stages import (
-        fingerprint,
-        is_uri,
-        join,
-        path_exists,
-        read_fingerprint,
-        read_text,
-        write_json_atomic,
-    )
-
+    ``spec``: the student's network (arch, classes, input contract); ``schedule`` and ``recipe``:
+    the job's (batch size, optimiser, seed; levers), which every trial shares; ``val_set``: labelled
+    *validation* images over the union classes (not the test set the final student is reported on:
+    choosing on it would make that report optimistic), else the sweep ranks trials by the label-free
+    proxy (`zoo.proxy`). ``run_dir`` may be a URI. Trials are MLflow runs in the parent's experiment,
+    nested under ``parent_run_id`` (a "sweep" run is created when None). A rerun with the same inputs
+    and config returns the recorded result without training (``force`` reruns)."""
     if not ray.is_initialized():
         raise RuntimeError("run_sweep needs a running Ray: call ray.init() (or ray.init(address=...)) first")
-    t_start = time.perf_counter()
     run_dir = str(run_dir).rstrip("/") if is_uri(run_dir) else Path(run_dir).resolve()
     transfer_path, logits_path = join(run_dir, "transfer.parquet"), join(run_dir, "logits.parquet")
     for p, stage in ((transfer_path, "transfer set"), (logits_path, "teacher inference")):
@@ -566,70 +516,90 @@ def run_sweep(
             )
     sweep_dir = join(run_dir, "sweep")
     results_path = join(sweep_dir, "results.json")
-    eval_fp = None
-    if eval_set is not None:
-        from zoo.pipeline.training import EvalSet
-
-        ev = eval_set if isinstance(eval_set, EvalSet) else EvalSet(*eval_set)
-        eval_fp = ev.fingerprint()
+    val_fp = None if val_set is None else val_set.fingerprint()
+    net = replace(spec, metadata={}).to_dict()
     fp = fingerprint(
-        "sweep",
-        STAGE_VERSION,
-        read_fingerprint(transfer_path),
-        read_fingerprint(logits_path),
-        cfg.to_dict(),
-        student.to_dict(),
-        eval_fp,
-    )
-    if not force and path_exists(results_path):
-        prior = json.loads(read_text(results_path))
-        if prior.get("fingerprint") == fp:
-            log(f"[sweep] up to date ({results_path}): best {prior['best_config']}")
-            plot = prior.get("plot_path") or None
-            plot = Path(plot) if plot and not is_uri(plot) else plot
-            return SweepResult(
-                best_config=prior["best_config"],
-                best_score=prior["best_score"],
-                metric=prior["metric"],
-                trials=prior["trials"],
-                spearman_proxy_accuracy=prior.get("spearman_proxy_accuracy"),
-                plot_path=plot,
-                results_path=results_path,
-                mlflow_run_id=prior.get("mlflow_run_id"),
-                tune_path=prior["tune_path"],
-                seconds=0.0,
-                skipped=True,
-            )
+        "sweep", VERSION, read_fingerprint(transfer_path), read_fingerprint(logits_path), cfg.to_dict(),
+        net, schedule, recipe, val_fp,
+    )  # fmt: skip
+    inputs = {"transfer": transfer_path, "logits": logits_path, "sweep_dir": sweep_dir, "fp": fp}
 
-    data = prepare_data(transfer_path, logits_path, student.input, cfg, eval_set)
+    if not force and read_fingerprint(results_path) == fp:
+        prior = SweepResult.from_dict(json.loads(read_text(results_path)), results_path, skipped=True)
+        log(f"[sweep] up to date ({results_path}): best {prior.best_config}")
+        return prior
+    return _sweep(cfg, inputs, spec, schedule, recipe, val_set, tracking_uri, experiment, parent_run_id, log)
+
+
+def _sweep(
+    cfg, inputs, spec, schedule, recipe, val_set, tracking_uri, experiment, parent_run_id, log
+) -> SweepResult:
+    t_start = time.perf_counter()
+    data = prepare_data(inputs["transfer"], inputs["logits"], spec, cfg, val_set)
     score_key = _score_key(cfg, data.has_labels)
-    trials_cfg = grid(cfg)
-    concurrent = _max_concurrent(cfg)
+    points = grid(cfg)
     gpus = float(ray.cluster_resources().get("GPU", 0))
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus > 0
     if use_gpu and gpus == 0:
         raise ValueError("sweep use_gpu=true but the Ray cluster has no GPU: set use_gpu to null or false")
     resources = {"cpu": cfg.cpus_per_trial, **({"gpu": cfg.gpus_per_trial} if use_gpu else {})}
+    concurrent = _max_concurrent(cfg)
     log(
-        f"[sweep] {len(trials_cfg)} trials ({len(cfg.methods)} methods x {len(cfg.modes)} modes x "
+        f"[sweep] {len(points)} trials ({len(cfg.methods)} methods x {len(cfg.modes)} modes x "
         f"{len(cfg.temperatures)} T x {len(cfg.lrs)} lr), {cfg.epochs} epochs each on "
         f"{len(data.train_images)} transfer images ({len(data.holdout_images)} held out for the proxy), "
         f"metric {score_key}, scheduler {cfg.scheduler}, {concurrent} at a time, {resources} per trial"
     )
     parent_id, exp_name, created = _parent_run(tracking_uri, experiment, parent_run_id)
-
     trainable = tune.with_resources(
         # with_parameters puts the tensors in the object store once; every trial gets them by reference.
         tune.with_parameters(
             _trainable,
             data=data,
-            student=student,
-            epochs=cfg.epochs,
+            spec=spec,
+            schedule=replace(schedule, epochs=cfg.epochs),
+            recipe=recipe,
             score_key=score_key,
             threads=max(1, int(cfg.cpus_per_trial)),
-        ),
+        ),  # fmt: skip
         resources,
     )
+    tune_name = f"tune-{inputs['fp'][:12]}"
+    grid_result = _tuner(
+        cfg, trainable, points, concurrent, tune_name, inputs["sweep_dir"], tracking_uri, exp_name, parent_id
+    ).fit()
+    trials = _collect(grid_result)
+    best, rho = _best(trials, cfg.epochs, data.has_labels)
+    plot_path = plot_sweep(trials, score_key, join(inputs["sweep_dir"], "sweep.png"))
+    result = SweepResult(
+        best_config=dict(best["config"]),
+        best_score=float(best["metrics"][SCORE]),
+        metric=score_key,
+        trials=trials,
+        spearman_proxy_accuracy=rho,
+        plot_path=plot_path,
+        results_path=join(inputs["sweep_dir"], "results.json"),
+        mlflow_run_id=parent_id,
+        tune_path=str(join(inputs["sweep_dir"], tune_name)),
+        seconds=time.perf_counter() - t_start,
+    )
+    write_json_atomic({"fingerprint": inputs["fp"], **result.to_dict()}, result.results_path)
+    _log_parent(tracking_uri, parent_id, cfg, result, created)
+    done = sum(1 for t in trials if t["error"] is None and t["metrics"].get(SCORE) is not None)
+    log(
+        f"[sweep] {done}/{len(trials)} trials finished in {result.seconds:.0f}s\n"
+        + _format_table(trials, score_key)
+    )
+    log(
+        f"[sweep] best {result.best_config} ({score_key} {result.best_score:.4f})"
+        + (f"; Spearman(proxy, accuracy) {json.dumps(rho)}" if rho else "")
+    )
+    return result
+
+
+def _tuner(
+    cfg, trainable, points, concurrent, name, sweep_dir, tracking_uri, exp_name, parent_id
+) -> tune.Tuner:
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration",
@@ -640,12 +610,9 @@ def run_sweep(
         if cfg.scheduler == "asha"
         else FIFOScheduler()
     )
-    tune_name = f"tune-{fp[:12]}"
-    storage = str(sweep_dir)
-    callback = _mlflow_callback(tracking_uri, exp_name, parent_id, cfg.epochs)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search(trials_cfg)},
+        param_space={"trial": tune.grid_search(points)},
         tune_config=tune.TuneConfig(
             metric=SCORE,
             mode="max",
@@ -659,78 +626,59 @@ def run_sweep(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=tune_name, storage_path=storage, callbacks=[callback], verbose=cfg.verbose
+            name=name,
+            storage_path=str(sweep_dir),
+            callbacks=[_mlflow_callback(tracking_uri, exp_name, parent_id, cfg.epochs)],
+            verbose=cfg.verbose,
         ),
     )
-    grid_result = tuner.fit()
 
-    trials: list[dict[str, Any]] = []
+
+_KEPT = ("epoch", "train_loss", "val_accuracy", "proxy_agreement", "proxy_neg_xent")
+
+
+def _collect(grid_result: Any) -> list[dict[str, Any]]:
+    """Every trial's grid point, last metrics, per-epoch history, directory and error."""
+    trials = []
     for res in grid_result:
-        conf = dict(res.config["trial"]) if res.config else {}
-        hist = []
-        if res.metrics_dataframe is not None and len(res.metrics_dataframe):
-            keep = [
-                k
-                for k in ("epoch", "train_loss", "val_accuracy", "proxy_agreement", "proxy_neg_xent")
-                if k in res.metrics_dataframe.columns
-            ]
-            hist = res.metrics_dataframe[keep].to_dict("records")
-        metrics = {
-            k: v
-            for k, v in (res.metrics or {}).items()
-            if k in ("epoch", "train_loss", "val_accuracy", "proxy_agreement", "proxy_neg_xent", SCORE)
-        }
+        frame = res.metrics_dataframe
+        hist = (
+            []
+            if frame is None or not len(frame)
+            else frame[[k for k in _KEPT if k in frame.columns]].to_dict("records")
+        )
         trials.append(
             {
-                "config": conf,
-                "metrics": metrics,
+                "config": dict(res.config["trial"]) if res.config else {},
+                "metrics": {k: v for k, v in (res.metrics or {}).items() if k in (*_KEPT, SCORE)},
                 "history": hist,
                 "trial_dir": str(res.path),
                 "error": None if res.error is None else repr(res.error)[:500],
             }
         )
+    return trials
+
+
+def _best(
+    trials: list[dict[str, Any]], epochs: int, has_labels: bool
+) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """The best trial among those that ran every epoch (ASHA's survivors: compare like with like),
+    and how well each label-free proxy ranked them (Spearman with the validation accuracy)."""
     done = [t for t in trials if t["metrics"].get(SCORE) is not None and t["error"] is None]
     if not done:
-        errors = [t["error"] for t in trials if t["error"]]
-        raise RuntimeError(f"every sweep trial failed; first errors: {errors[:2]}")
-    # The best is among the trials that ran every epoch (ASHA's survivors); compare like with like.
-    full = [t for t in done if t["metrics"]["epoch"] == cfg.epochs] or done
+        raise RuntimeError(
+            f"every sweep trial failed; first errors: {[t['error'] for t in trials if t['error']][:2]}"
+        )
+    full = [t for t in done if t["metrics"]["epoch"] == epochs] or done
     best = max(full, key=lambda t: t["metrics"][SCORE])
-    rho: dict[str, float] | None = None
     ranked = full if len(full) >= 3 else done
-    if data.has_labels and len(ranked) >= 3:
-        # How well each label-free proxy would have ranked these trials: over the trials that ran every
-        # epoch (ASHA-stopped ones are worse on both counts, which would flatter the proxy).
-        from zoo.proxy import spearman
-
-        acc = [t["metrics"]["val_accuracy"] for t in ranked]
-        rho = {name: spearman([t["metrics"][f"proxy_{name}"] for t in ranked], acc) for name in PROXIES}
-        rho = {k: v for k, v in rho.items() if not math.isnan(v)} or None
-    plot_path = plot_sweep(trials, score_key, join(sweep_dir, "sweep.png"))
-    seconds = time.perf_counter() - t_start
-    result = SweepResult(
-        best_config=dict(best["config"]),
-        best_score=float(best["metrics"][SCORE]),
-        metric=score_key,
-        trials=trials,
-        spearman_proxy_accuracy=rho,
-        plot_path=plot_path,
-        results_path=results_path,
-        mlflow_run_id=parent_id,
-        tune_path=str(join(sweep_dir, tune_name)),
-        seconds=seconds,
-    )
-    write_json_atomic({"fingerprint": fp, **result.to_dict()}, results_path)
-    _log_parent(tracking_uri, parent_id, cfg, result, created)
-    log(
-        f"[sweep] {len(done)}/{len(trials)} trials finished in {seconds:.0f}s\n"
-        + _format_table(trials, score_key)
-    )
-    log(
-        f"[sweep] best {result.best_config} ({score_key} {result.best_score:.4f})"
-        + (f"; Spearman(proxy, accuracy) {json.dumps(rho)}" if rho else "")
-    )
-    return result
+    if not has_labels or len(ranked) < 3:
+        return best, None
+    # Over the trials that ran every epoch: ASHA-stopped ones are worse on both counts, which would
+    # flatter the proxy.
+    acc = [t["metrics"]["val_accuracy"] for t in ranked]
+    rho = {name: spearman([t["metrics"][f"proxy_{name}"] for t in ranked], acc) for name in PROXIES}
+    return best, {k: v for k, v in rho.items() if not math.isnan(v)} or None
 
 
 def _mlflow_callback(tracking_uri: str | None, experiment: str, parent_id: str, epochs: int) -> Any:
@@ -739,8 +687,6 @@ def _mlflow_callback(tracking_uri: str | None, experiment: str, parent_id: str, 
 
     Like Ray's MLflowLoggerCallback, but one `log_batch` per result instead of one request per
     metric (about 1 s per result on sqlite here, which held up Tune's event loop)."""
-    from ray.tune.logger import LoggerCallback
-
     keys = ("train_loss", "val_accuracy", "proxy_agreement", "proxy_neg_xent", SCORE, "epoch_time_s")
 
     class MLflowTrials(LoggerCallback):
@@ -751,18 +697,13 @@ def _mlflow_callback(tracking_uri: str | None, experiment: str, parent_id: str, 
         @property
         def client(self) -> Any:
             if self._client is None:
-                from mlflow.tracking import MlflowClient
-
                 self._client = MlflowClient(tracking_uri=tracking_uri)
             return self._client
 
         def log_trial_start(self, trial: Any) -> None:
-            from mlflow.entities import Param
-
             if trial.trial_id in self.runs:
                 return
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+            exp_id = experiment_id(self.client, tracking_uri, experiment)
             tags = {
                 "mlflow.parentRunId": parent_id,
                 "zoo.parent_run_id": parent_id,
@@ -776,8 +717,6 @@ def _mlflow_callback(tracking_uri: str | None, experiment: str, parent_id: str, 
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-            from mlflow.entities import Metric
-
             run_id = self.runs.get(trial.trial_id)
             if run_id is None:
                 return
@@ -806,9 +745,6 @@ def _trial_name(trial: Any) -> str:
 def _log_parent(
     tracking_uri: str | None, run_id: str, cfg: SweepConfig, res: SweepResult, created: bool
 ) -> None:
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = client.get_run(run_id).data.params
     params = {f"sweep.{k}": json.dumps(v) if isinstance(v, list) else v for k, v in cfg.to_dict().items()}
@@ -827,8 +763,6 @@ def _log_parent(
         params=[Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing],
     )
     client.set_tag(run_id, "sweep.best_config", json.dumps(res.best_config, sort_keys=True))
-    from zoo.pipeline.stages import local_copy
-
     if res.plot_path is not None:
         with local_copy(res.plot_path) as f:
             client.log_artifact(run_id, str(f), "sweep")

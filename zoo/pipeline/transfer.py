@@ -13,34 +13,37 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm.auto import tqdm
 
-from zoo.pipeline.stages import (
-    FINGERPRINT_KEY,
-    atomic_path,
-    fingerprint,
-    is_uri,
-    parquet_metadata,
-    read_parquet,
-)
+from zoo.artifacts import InputSpec, preprocess
+from zoo.data import ImageDecodeError, decode_image, encode_png, list_images
+from zoo.pipeline import JobError
+from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult, fingerprint
+from zoo.pipeline.storage import PathLike, atomic_path, is_uri, parquet_metadata, read_parquet
 
 __all__ = [
     "IMAGE_COLUMNS",
+    "VERSION",
     "TransferSetError",
     "TransferSource",
+    "load_transfer_images",
     "materialize_transfer_set",
     "read_transfer_ids",
     "read_transfer_images",
     "transfer_content_fingerprint",
     "transfer_source_fingerprint",
+    "transfer_stage",
 ]
 
+VERSION = 1  # of the stage's output (bump when the format or the computation changes)
 IMAGE_COLUMNS = ("image", "img", "bytes")
 ID_COLUMNS = ("id",)
 CONTENT_KEY = "zoo.content_sha256"
@@ -52,7 +55,7 @@ _SHOW_BAD = 5
 TransferSource = str | Path | tuple[Any, Sequence[str]]
 
 
-class TransferSetError(ValueError):
+class TransferSetError(JobError):
     """The transfer set is empty, unreadable or malformed; the message says what to fix."""
 
 
@@ -126,11 +129,7 @@ def transfer_source_fingerprint(
         raise TransferSetError(
             f"transfer set {path} does not exist; pass a directory of images or a Parquet file"
         )
-    files = _parquet_files(path)
-    if not files:
-        from zoo.data import list_images
-
-        files = list_images(path)
+    files = _parquet_files(path) or list_images(path)
     listing = [
         (str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
         for p in files
@@ -139,8 +138,6 @@ def transfer_source_fingerprint(
 
 
 def _records_from_arrays(images: Any, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None, str]]:
-    from zoo.data import encode_png
-
     if len(images) != len(ids):
         raise TransferSetError(f"{len(images)} images but {len(ids)} ids; give one id per image")
     for i, (im, sid) in enumerate(zip(images, ids)):
@@ -154,8 +151,6 @@ def _records_from_arrays(images: Any, ids: Sequence[str]) -> Iterator[tuple[str,
 
 
 def _records_from_dir(root: Path) -> Iterator[tuple[str, bytes | None, str]]:
-    from zoo.data import list_images
-
     for p in list_images(root):
         rel = p.relative_to(root).as_posix()
         try:
@@ -214,44 +209,61 @@ def materialize_transfer_set(
     (the stage's input fingerprint) and `zoo.content_sha256` (of ids and bytes: the transfer set's
     identity in lineage). `out_path` may be a URI (`s3://`, `file://`).
     """
-    from zoo.data import ImageDecodeError, decode_image
+    records, total, described = _open_source(source, image_column, id_column)
+    if limit is not None:
+        total = min(total, limit) if total is not None else limit
+    # Bytes we encoded ourselves (arrays) need no check; files and Parquet cells are decoded once.
+    ids, blobs, content = _collect(records, total, limit, described, check=not isinstance(source, tuple))
+    table = pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(blobs, pa.binary())})
+    meta = {CONTENT_KEY: content, "zoo.num_images": str(len(ids)), "zoo.source": described}
+    if fingerprint is not None:
+        meta[FINGERPRINT_KEY] = fingerprint
+    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
+    out_path = str(out_path) if is_uri(out_path) else Path(out_path)  # a local path or a URI
+    with atomic_path(out_path, ".parquet") as tmp:
+        pq.write_table(table, tmp, row_group_size=max(1, row_group_size), compression="snappy")
+    return out_path
 
+
+def _open_source(
+    source: TransferSource, image_column: str | None, id_column: str | None
+) -> tuple[Iterator[tuple[str, bytes | None, str]], int | None, str]:
+    """(records (id, bytes, where), how many if known, a description) of a transfer-set source."""
     if isinstance(source, tuple):
         if len(source) != 2:
             raise TransferSetError("an in-memory transfer set is a tuple (images, ids)")
-        records = _records_from_arrays(*source)
-        total = len(source[1])
-        described = f"{total} in-memory images"
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise TransferSetError(
-                f"transfer set {path} does not exist; "
-                "pass --transfer DIR (images, any depth) or a Parquet file"
-            )
-        files = _parquet_files(path)
-        if files:
-            records = _records_from_parquet(files, image_column, id_column)
-            total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        elif path.is_dir():
-            records = _records_from_dir(path)
-            total = None
-        else:
-            raise TransferSetError(
-                f"transfer set {path} is neither a directory of images nor a Parquet file (.parquet)"
-            )
-        described = str(path)
-    if limit is not None:
-        total = min(total, limit) if total is not None else limit
+        return _records_from_arrays(*source), len(source[1]), f"{len(source[1])} in-memory images"
+    path = Path(source)
+    if not path.exists():
+        raise TransferSetError(
+            f"transfer set {path} does not exist; pass --transfer DIR (images, any depth) or a Parquet file"
+        )
+    files = _parquet_files(path)
+    if files:
+        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return _records_from_parquet(files, image_column, id_column), total, str(path)
+    if path.is_dir():
+        return _records_from_dir(path), None, str(path)
+    raise TransferSetError(
+        f"transfer set {path} is neither a directory of images nor a Parquet file (.parquet)"
+    )
 
+
+def _collect(
+    records: Iterator[tuple[str, bytes | None, str]],
+    total: int | None,
+    limit: int | None,
+    described: str,
+    check: bool,
+) -> tuple[list[str], list[bytes], str]:
+    """(ids, encoded images, content sha256) of the first ``limit`` records, each decoded once when
+    ``check``; undecodable images, duplicate ids or nothing at all raise TransferSetError."""
     ids: list[str] = []
     blobs: list[bytes] = []
     bad: list[str] = []
     seen: set[str] = set()
     dupes: list[str] = []
     h = hashlib.sha256()
-    # Bytes we encoded ourselves (arrays) need no check; files and Parquet cells are decoded once.
-    check = not isinstance(source, tuple)
     bar = tqdm(
         records, total=total, desc="transfer set", unit="img", leave=False, mininterval=2.0, disable=None
     )
@@ -290,15 +302,7 @@ def materialize_transfer_set(
             f"transfer set {described} is empty: it holds no images (png, jpg, jpeg, webp, bmp) "
             "or no rows; point --transfer at unlabelled images"
         )
-    table = pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(blobs, pa.binary())})
-    meta = {CONTENT_KEY: h.hexdigest(), "zoo.num_images": str(len(ids)), "zoo.source": described}
-    if fingerprint is not None:
-        meta[FINGERPRINT_KEY] = fingerprint
-    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
-    out_path = str(out_path) if is_uri(out_path) else Path(out_path)  # a local path or a URI
-    with atomic_path(out_path, ".parquet") as tmp:
-        pq.write_table(table, tmp, row_group_size=max(1, row_group_size), compression="snappy")
-    return out_path
+    return ids, blobs, h.hexdigest()
 
 
 def read_transfer_ids(path: str | Path) -> list[str]:
@@ -308,7 +312,10 @@ def read_transfer_ids(path: str | Path) -> list[str]:
 
 def read_transfer_images(path: str | Path) -> tuple[list[str], list[bytes]]:
     """Ids and encoded image bytes of a materialised transfer set, in row order."""
-    t = read_parquet(path, columns=["id", "image"])
+    t = read_parquet(path)
+    missing = [c for c in ("id", "image") if c not in t.column_names]
+    if missing:
+        raise TransferSetError(f"{path} has no column(s) {missing}: is it a transfer.parquet?")
     return t.column("id").to_pylist(), t.column("image").to_pylist()
 
 
@@ -318,3 +325,33 @@ def transfer_content_fingerprint(path: str | Path) -> str:
     if CONTENT_KEY not in meta:
         raise TransferSetError(f"{path} has no {CONTENT_KEY}: it was not written by materialize_transfer_set")
     return meta[CONTENT_KEY]
+
+
+def load_transfer_images(path: PathLike, spec: InputSpec) -> tuple[list[str], torch.Tensor]:
+    """Ids and the images of transfer.parquet decoded and preprocessed to ``spec``: float32 [B, C, H, W]."""
+    ids, blobs = read_transfer_images(path)
+    return [str(i) for i in ids], preprocess([decode_image(b) for b in blobs], spec)
+
+
+def transfer_stage(
+    run: RunDir,
+    source: TransferSource,
+    *,
+    image_column: str | None = None,
+    id_column: str | None = None,
+    limit: int | None = None,
+) -> StageResult:
+    """Stage: `<run>/transfer.parquet` from ``source``, redone only when the source (its listing, or
+    the arrays' bytes) or ``limit`` changed. The result's ``value`` is the content fingerprint (the
+    transfer set's identity in lineage), read back when the stage is skipped too."""
+    src = transfer_source_fingerprint(source, image_column=image_column, id_column=id_column)
+    out = run.stage(
+        "transfer",
+        run.transfer,
+        VERSION,
+        [src, limit],
+        lambda path, fp: materialize_transfer_set(
+            source, path, image_column=image_column, id_column=id_column, fingerprint=fp, limit=limit
+        ),
+    )
+    return replace(out, value=transfer_content_fingerprint(out.path))

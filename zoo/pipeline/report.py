@@ -1,0 +1,140 @@
+"""What a unify job tells its user at the end: the summary table, `summary.json`, the MLflow run's last
+metrics and artifact."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from zoo.pipeline.cache import StageResult
+from zoo.pipeline.storage import PathLike, local_copy, write_json_atomic
+from zoo.train import Schedule
+from zoo.unify.recipe import Recipe
+
+__all__ = ["JobResult", "format_summary", "publish"]
+
+RULE, THIN = "=" * 78, "-" * 78
+
+
+@dataclass
+class JobResult:
+    """What the unify job did: its inputs, stages, the student's (and SPV's) accuracy per class group
+    on the evaluation set, the registration, where everything is, and the printed summary."""
+
+    name: str
+    run_dir: Path | str  # a local path or a URI
+    teachers: list[dict[str, Any]]  # name, version, run_id, arch, classes
+    classes: list[str]
+    groups: dict[str, list[int]]
+    recipe: Recipe
+    schedule: Schedule
+    arch: str
+    selected_by: str  # how the recipe was chosen (the config, or the sweep on which set)
+    eval_source: str
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    student_accuracy: dict[str, float] | None = None
+    spv_accuracy: dict[str, float] | None = None
+    registered: dict[str, Any] | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    seconds: float = 0.0
+    summary: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """`summary.json`."""
+        return {
+            "teachers": self.teachers,
+            "classes": self.classes,
+            "method": self.recipe.method,
+            "mode": self.recipe.mode,
+            "temperature": self.recipe.temperature,
+            "recipe": self.recipe.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "selected_by": self.selected_by,
+            "eval_source": self.eval_source,
+            "student_accuracy": self.student_accuracy,
+            "spv_accuracy": self.spv_accuracy,
+            "registered": self.registered,
+            "mlflow_run_id": self.mlflow_run_id,
+            "tracking_uri": self.tracking_uri,
+            "seconds": round(self.seconds, 1),
+            "stages": {k: _stage_facts(s) for k, s in self.stages.items()},
+        }
+
+
+def _stage_facts(stage: StageResult) -> dict[str, Any]:
+    """Skipped or not, seconds, and a training stage's split of its time (epochs, checkpoints and
+    reports, all of Ray Train's fit) when it has one."""
+    value = stage.value if isinstance(stage.value, dict) else {}
+    split = {k: round(float(value[k]), 2) for k in ("compute_s", "overhead_s", "fit_seconds") if k in value}
+    return {"skipped": stage.skipped, "seconds": round(stage.seconds, 2), **split}
+
+
+def format_summary(res: JobResult) -> str:
+    """The table printed at the end: teachers, recipe, accuracies per class group, where to look."""
+    lines = [
+        "",
+        RULE,
+        f"Unified model {res.name!r}: {len(res.teachers)} teachers -> {len(res.classes)} classes",
+        THIN,
+        f"{'teacher':<28} {'version':>7}  {'arch':<10} classes",
+    ]
+    for t in res.teachers:
+        lines.append(f"{t['name']:<28} {t['version']:>7}  {t['arch']:<10} {', '.join(t['classes'])}")
+    r = res.recipe
+    lines += [
+        THIN,
+        f"method {r.method}, mode {r.mode}, T={r.temperature:g}, student {res.arch}, "
+        f"{res.schedule.epochs} epochs",
+        f"config selected by {res.selected_by}",
+        "",
+    ]
+    cols = ["all", *res.groups]
+    lines.append(f"{'accuracy on the eval set':<26}" + "".join(f"{c:>16}" for c in cols))
+    for label, acc in (("student", res.student_accuracy), ("SPV (supervised)", res.spv_accuracy)):
+        if acc:
+            lines.append(f"{label:<26}" + "".join(f"{acc.get(c, float('nan')):>16.4f}" for c in cols))
+    sizes = [len(res.classes) if c == "all" else len(res.groups[c]) for c in cols]
+    lines.append(f"{'(classes in group)':<26}" + "".join(f"{n:>16}" for n in sizes))
+    stages = ", ".join(
+        f"{k} {'skipped' if s.skipped else f'{s.seconds:.0f}s'}" for k, s in res.stages.items()
+    )
+    reg = res.registered or {}
+    lines += [
+        THIN,
+        f"stages: {stages}; total {res.seconds:.0f}s",
+        "where to look:",
+        f"  run directory     {res.run_dir}",
+        f"  MLflow            {res.tracking_uri}  run {res.mlflow_run_id}"
+        f"  (mlflow ui --backend-store-uri {res.tracking_uri})",
+        f"  registered model  {reg.get('uri')}  champion: {'yes' if reg.get('champion') else 'no'}"
+        f" ({reg.get('decision', '')})",
+        RULE,
+    ]
+    return "\n".join(lines)
+
+
+def _metric_key(group: str) -> str:
+    return group.replace(" ", "_").replace("+", "plus")
+
+
+def publish(res: JobResult, summary_path: PathLike, client: MlflowClient) -> None:
+    """Write `summary.json`, log the final accuracies, the registered version and the summary to the
+    job's MLflow run, and close it."""
+    res.summary = format_summary(res)
+    write_json_atomic(res.to_dict(), summary_path)
+    run_id = res.mlflow_run_id
+    now = int(time.time() * 1000)
+    for who, acc in (("student", res.student_accuracy), ("spv", res.spv_accuracy)):
+        for k, v in (acc or {}).items():
+            client.log_metric(run_id, f"{who}.eval_accuracy.{_metric_key(k)}", v, timestamp=now)
+    reg = res.registered or {}
+    client.set_tag(run_id, "registered_model", f"{reg.get('name')}:{reg.get('version')}")
+    client.log_metric(run_id, "job.seconds", res.seconds, timestamp=now)
+    with local_copy(summary_path) as f:
+        client.log_artifact(run_id, str(f))
+    client.set_terminated(run_id)
