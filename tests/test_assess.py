@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -25,6 +26,16 @@ from zoo.assess import (
 from zoo.assess.sinkhorn_score import fold_ids
 
 F64 = torch.float64
+SOLVER = importlib.import_module("zoo.assess.sinkhorn")  # the module; the package exports the function
+
+
+@pytest.fixture(params=["kernel", "lse"])
+def path(request, monkeypatch):
+    """Run a test on both of sinkhorn's paths: matrix products with stabilised kernels (taken when the
+    cost's spread allows) and torch.logsumexp over [B, m, n] (forced here by a zero spread limit)."""
+    if request.param == "lse":
+        monkeypatch.setattr(SOLVER, "KERNEL_SPREAD", {torch.float32: 0.0, torch.float64: 0.0})
+    return request.param
 
 
 def simplex(b: int, k: int, seed: int, sharp: float = 2.0, dtype=F64) -> torch.Tensor:
@@ -51,7 +62,7 @@ def entropic_value(plan: np.ndarray, cost: np.ndarray, eps: float) -> float:
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.5])
-def test_sinkhorn_value_matches_pot(eps):
+def test_sinkhorn_value_matches_pot(eps, path):
     p_t, p_s, cost = simplex(6, 4, 0), simplex(6, 7, 1), rand_cost(4, 7, 2)
     value, alpha, beta = sinkhorn(p_t, p_s, cost, eps=eps, n_iter=5000, tol=1e-12)
     plan = plan_of(alpha, beta, cost, eps)
@@ -66,7 +77,7 @@ def test_sinkhorn_value_matches_pot(eps):
         np.testing.assert_allclose(plan[i].numpy(), ref_log, atol=1e-10)
 
 
-def test_sinkhorn_batched_equals_looped_and_batched_cost():
+def test_sinkhorn_batched_equals_looped_and_batched_cost(path):
     p_t, p_s = simplex(5, 3, 3), simplex(5, 6, 4)
     costs = rand_cost(3, 6, 5, batch=5)
     value, alpha, beta = sinkhorn(p_t, p_s, costs, n_iter=100)
@@ -80,7 +91,7 @@ def test_sinkhorn_batched_equals_looped_and_batched_cost():
     torch.testing.assert_close(shared, expanded, rtol=0, atol=1e-12)
 
 
-def test_sinkhorn_potentials_satisfy_marginals_and_duality():
+def test_sinkhorn_potentials_satisfy_marginals_and_duality(path):
     p_t, p_s, cost = simplex(8, 5, 6), simplex(8, 4, 7), rand_cost(5, 4, 8)
     eps = 0.1
     value, alpha, beta = sinkhorn(p_t, p_s, cost, eps=eps, n_iter=1000, tol=1e-12)
@@ -107,7 +118,7 @@ def test_beta_is_the_gradient_wrt_p_s():
         assert slope == pytest.approx(float(beta[0, j] - beta[0, k]), abs=1e-6)
 
 
-def test_sinkhorn_zero_probabilities_give_the_reduced_problem():
+def test_sinkhorn_zero_probabilities_give_the_reduced_problem(path):
     p_t, p_s, cost = simplex(3, 5, 12), simplex(3, 6, 13), rand_cost(5, 6, 14)
     p_t[:, 1] = 0
     p_s[:, [0, 4]] = 0
@@ -136,7 +147,20 @@ def test_sinkhorn_float32_at_eps_01_does_not_underflow():
     torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-4)
 
 
-def test_sinkhorn_tol_stops_early_within_tolerance():
+def test_sinkhorn_kernel_path_in_float32_near_its_spread_limit():
+    """Spread of M / eps just under the limit (60) with near-one-hot histograms (entries down to 1e-40
+    and exact zeros in float32): the matrix-product path stays finite and agrees with float64."""
+    p_t, p_s = simplex(32, 6, 27, sharp=25.0), simplex(32, 7, 28, sharp=25.0)
+    cost = rand_cost(6, 7, 29, high=5.9)
+    assert SOLVER._kernel_is_safe(cost.float()[None] / 0.1)
+    assert (p_t.float() == 0).any() and (p_s.float() == 0).any()
+    v32, a32, b32 = sinkhorn(p_t.float(), p_s.float(), cost.float(), eps=0.1, n_iter=300)
+    v64, _, _ = sinkhorn(p_t, p_s, cost, eps=0.1, n_iter=300)
+    assert torch.isfinite(v32).all() and torch.isfinite(a32).all() and torch.isfinite(b32).all()
+    torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-4)
+
+
+def test_sinkhorn_tol_stops_early_within_tolerance(path):
     p_t, p_s, cost = simplex(4, 5, 18), simplex(4, 5, 19), rand_cost(5, 5, 20)
     tol = 1e-4
     value, alpha, beta = sinkhorn(p_t, p_s, cost, eps=0.05, n_iter=2000, tol=tol)
