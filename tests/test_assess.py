@@ -160,6 +160,19 @@ def test_sinkhorn_kernel_path_in_float32_near_its_spread_limit():
     torch.testing.assert_close(v32.double(), v64, rtol=1e-4, atol=1e-4)
 
 
+def test_sinkhorn_ignores_a_callers_autocast():
+    p_t, p_s, cost = (
+        simplex(8, 5, 30, dtype=torch.float32),
+        simplex(8, 6, 31, dtype=torch.float32),
+        rand_cost(5, 6, 32),
+    )
+    plain, _, _ = sinkhorn(p_t, p_s, cost.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _, beta = sinkhorn(p_t, p_s, cost.float())
+    assert beta.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=1e-6)
+
+
 def test_sinkhorn_tol_stops_early_within_tolerance(path):
     p_t, p_s, cost = simplex(4, 5, 18), simplex(4, 5, 19), rand_cost(5, 5, 20)
     tol = 1e-4

@@ -109,9 +109,17 @@ def sinkhorn(
     a = a / a.sum(-1, keepdim=True)
     b = b / b.sum(-1, keepdim=True)
     cost = cost.to(dtype)
-    tiny = torch.finfo(dtype).tiny
+    # Under a caller's autocast the matrix products would run in float16/bfloat16: keep our dtype.
+    with torch.autocast(a.device.type, enabled=False):
+        return _solve(a, b, cost.reshape(-1, m, n), eps, n_iter, tol)
+
+
+def _solve(a: Tensor, b: Tensor, cost: Tensor, eps: float, n_iter: int, tol: float | None):
+    """The iterations of sinkhorn on validated, renormalised histograms and a [1 or B, m, n] cost."""
+    tiny = torch.finfo(a.dtype).tiny
     log_a, log_b = a.clamp_min(tiny).log(), b.clamp_min(tiny).log()
-    c = cost.reshape(-1, m, n) / eps  # [1 or B, m, n]
+    batch = a.shape[0]
+    c = cost / eps  # [1 or B, m, n]
     row_lse, col_lse = _kernel_steps(c) if _kernel_is_safe(c) else _lse_steps(c, batch)
     # f = alpha / eps and g = beta / eps: the updates of Eq. 20 in the log domain.
     f = torch.zeros_like(log_a)
