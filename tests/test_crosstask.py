@@ -107,6 +107,10 @@ def test_crosstask_errors():
         crosstask_loss(student, teacher, labels, cost, tau=0.0)
     with pytest.raises(ValueError, match="labels must be a 1-D tensor"):
         crosstask_loss(student, teacher, labels[:2], cost)
+    with pytest.raises(ValueError, match=r"labels must be student classes 0..4; got 0..5"):
+        crosstask_loss(student, teacher, torch.arange(6), cost)
+    with pytest.raises(ValueError, match="labels must hold integer class indices"):
+        crosstask_loss(student, teacher, labels.float(), cost)
 
 
 # --------------------------------------------------------------------------------------------- KD
@@ -179,3 +183,7 @@ def test_rkd_loss_gradient_reaches_the_student_only():
     assert t.grad is None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="at least 3 samples"):
         rkd_angle(s[:2], t[:2])
+    with pytest.raises(ValueError, match="angle_weight must be a finite number >= 0"):
+        rkd_loss(logits, labels, s, t, angle_weight=-1.0)
+    with pytest.raises(ValueError, match="student_embed and teacher_embed must hold the same samples"):
+        rkd_loss(logits, labels, s, t[:5])

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from zoo.assess._checks import positive
 
+from ._common import check_labels, check_weight
+
 __all__ = ["kd_loss", "kd_term"]
 
 
@@ -40,9 +42,7 @@ def kd_loss(
     student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, lam: float = 1.0, tau: float = 3.0
 ) -> Tensor:
     """Cross-entropy on labels [B] + lam * kd_term (Hinton et al.); lam = 0 is the no-teacher loss."""
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != student_logits.shape[0]:
-        raise ValueError("labels must be a 1-D tensor with one class index per row of student_logits")
-    lam = float(lam)
-    if not (lam >= 0 and lam < float("inf")):
-        raise ValueError(f"lam must be a finite number >= 0; got {lam!r}")
-    return F.cross_entropy(student_logits, labels) + lam * kd_term(student_logits, teacher_logits, tau)
+    term = kd_term(student_logits, teacher_logits, tau)  # validates the logits first
+    check_labels(labels, student_logits)
+    lam = check_weight(lam, "lam")
+    return F.cross_entropy(student_logits, labels) + lam * term

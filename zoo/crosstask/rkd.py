@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._common import check_labels, check_weight
+
 __all__ = ["rkd_angle", "rkd_distance", "rkd_loss"]
 
 
@@ -78,14 +80,12 @@ def rkd_loss(
 ) -> Tensor:
     """Cross-entropy on labels + distance_weight * rkd_distance + angle_weight * rkd_angle (a scalar).
     student_embed [B, d_S] and teacher_embed [B, d_T] (any dimensions; B >= 3). Memory O(B^2 d)."""
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != student_logits.shape[0]:
-        raise ValueError("labels must be a 1-D tensor with one class index per row of student_logits")
-    for name, w in (("distance_weight", distance_weight), ("angle_weight", angle_weight)):
-        if not (float(w) >= 0 and float(w) < float("inf")):
-            raise ValueError(f"{name} must be a finite number >= 0; got {w!r}")
+    check_labels(labels, student_logits)
+    distance_weight = check_weight(distance_weight, "distance_weight")
+    angle_weight = check_weight(angle_weight, "angle_weight")
     loss = F.cross_entropy(student_logits, labels)
     if distance_weight:
-        loss = loss + float(distance_weight) * rkd_distance(student_embed, teacher_embed)
+        loss = loss + distance_weight * rkd_distance(student_embed, teacher_embed)
     if angle_weight:
-        loss = loss + float(angle_weight) * rkd_angle(student_embed, teacher_embed)
+        loss = loss + angle_weight * rkd_angle(student_embed, teacher_embed)
     return loss

@@ -27,6 +27,8 @@ from torch import Tensor
 from zoo.assess import sinkhorn
 from zoo.assess._checks import positive
 
+from ._common import check_labels, check_weight
+
 __all__ = ["SinkhornEnvelope", "crosstask_loss", "sinkhorn_term"]
 
 
@@ -104,11 +106,9 @@ def crosstask_loss(
 
     Defaults: the paper's CIFAR-100 setting (lam = 10, tau = 3, eps = 0.1, Sec. 6.1.2; CUB uses lam = 100).
     The cross-entropy is at temperature 1; lam = 0 gives the no-teacher student's loss."""
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != student_logits.shape[0]:
-        raise ValueError("labels must be a 1-D tensor with one class index per row of student_logits")
-    lam = float(lam)
-    if not (lam >= 0 and lam < float("inf")):
-        raise ValueError(f"lam must be a finite number >= 0; got {lam!r}")
+    _check_logits(student_logits, teacher_logits, cost)
+    check_labels(labels, student_logits)
+    lam = check_weight(lam, "lam")
     ce = F.cross_entropy(student_logits, labels)
     if lam == 0:
         return ce
