@@ -36,7 +36,7 @@ class SinkhornEnvelope(torch.autograd.Function):
     """S_eps(p_T, softmax(student_logits / tau)) [B], with the gradient of Eq. 15 w.r.t. student_logits."""
 
     @staticmethod
-    def forward(ctx, student_logits, p_t, cost, tau, eps, n_iter):  # noqa: D102 (autograd API)
+    def forward(ctx, student_logits, p_t, cost, tau, eps, n_iter):
         p_s = torch.softmax(_upcast(student_logits) / tau, dim=1)
         value, _, beta = sinkhorn(p_t, p_s, cost, eps=eps, n_iter=n_iter)
         ctx.save_for_backward(p_s, beta)
@@ -45,7 +45,7 @@ class SinkhornEnvelope(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad_value):  # noqa: D102
+    def backward(ctx, grad_value):
         p_s, beta = ctx.saved_tensors
         centred = beta - (beta * p_s).sum(1, keepdim=True)
         grad = grad_value.to(p_s.dtype)[:, None] * centred * p_s / ctx.tau  # Eq. 15
