@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo import architectures
 from zoo.akt import (
     METHODS,
     AKTConfig,
@@ -28,32 +27,16 @@ from zoo.akt import (
     make_optimisers,
     pseudo_labels,
 )
-from zoo.architectures import MLP, SmallCNN
+from zoo.architectures import build_model
 
 NUM_CLASSES = 3
 SHAPE = (1, 8, 8)
 
 
-# TEMPORARY stand-in for zoo.architectures.split_head (branch `heads`), for the two architectures the
-# tests use; removed once split_head lands on main.
-def _split_head_standin(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
-    if isinstance(model, SmallCNN):
-        return nn.Sequential(model.features, model.pool, nn.Flatten(1)), model.fc
-    if isinstance(model, MLP):
-        return nn.Sequential(nn.Flatten(1), model.hidden), model.fc
-    raise NotImplementedError(type(model).__name__)
-
-
-@pytest.fixture(autouse=True)
-def _split_head(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not hasattr(architectures, "split_head"):
-        monkeypatch.setattr(architectures, "split_head", _split_head_standin, raising=False)
-
-
-def _nets(seed: int = 0, arch: str = "cnn", **kwargs: object) -> AKTNets:
+def _nets(seed: int = 0, arch: str = "cnn", arch_kwargs: dict | None = None) -> AKTNets:
     torch.manual_seed(seed)
-    kwargs = kwargs or ({"width": 4, "depth": 2} if arch == "cnn" else {"hidden": 8, "layers": 1})
-    return build_akt_nets(arch, NUM_CLASSES, SHAPE[0], SHAPE[1], d_hidden=(16, 8), **kwargs)
+    arch_kwargs = {"width": 4, "depth": 2} if arch_kwargs is None else arch_kwargs
+    return build_akt_nets(arch, NUM_CLASSES, SHAPE[0], SHAPE[1], d_hidden=(16, 8), **arch_kwargs)
 
 
 def _batch(seed: int = 0, b: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,6 +149,23 @@ def test_copy_head_copies_exactly_and_only_the_head() -> None:
     assert changed == head
 
 
+@pytest.mark.parametrize("arch,arch_kwargs", [("squeezenet", {}), ("mlp", {"hidden": 8, "layers": 1})])
+def test_other_architectures_copy_their_head_and_step(arch: str, arch_kwargs: dict) -> None:
+    """SqueezeNet's head is its final 1x1 conv read as a Linear (a view): the copy must reach the conv."""
+    nets = _nets(arch=arch, arch_kwargs=arch_kwargs)
+    before = {k: v.clone() for k, v in nets.g.named_parameters()}
+    copy_head(nets.m_head, nets.g_head)
+    assert torch.equal(nets.g_head.weight, nets.m_head.weight) and torch.equal(
+        nets.g_head.bias, nets.m_head.bias
+    )
+    head = {k for k, p in nets.g.named_parameters() if any(p is q for q in nets.g_head.parameters())}
+    changed = {k for k, p in nets.g.named_parameters() if not torch.equal(p, before[k])}
+    assert head and changed <= head and "weight" in " ".join(changed)
+    cfg = AKTConfig(d_hidden=(16, 8))
+    metrics = akt_step(nets, make_optimisers(nets, cfg), *_batch(), cfg, epoch=0, iteration=0)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
 @pytest.mark.parametrize("copy_every,iteration,copied", [(1, 5, True), (2, 4, True), (2, 3, False)])
 def test_step_copies_the_head_every_k_iterations(copy_every: int, iteration: int, copied: bool) -> None:
     nets, cfg = _nets(), _adversarial_cfg(copy_every=copy_every)
@@ -271,13 +271,13 @@ def test_check_divergence() -> None:
 
 
 def test_mismatched_architectures_are_refused() -> None:
-    cnn = lambda **kw: architectures.build_model("cnn", NUM_CLASSES, 1, 8, **kw)
+    cnn = lambda **kw: build_model("cnn", NUM_CLASSES, 1, 8, **kw)
     with pytest.raises(ValueError, match="same architecture"):
         AKTNets(cnn(width=4), cnn(width=8), SHAPE)
     with pytest.raises(ValueError, match="same architecture"):
-        AKTNets(cnn(), architectures.build_model("mlp", NUM_CLASSES, 1, 8), SHAPE)
+        AKTNets(cnn(), build_model("mlp", NUM_CLASSES, 1, 8), SHAPE)
     with pytest.raises(ValueError, match="same architecture"):
-        AKTNets(cnn(), architectures.build_model("cnn", NUM_CLASSES + 1, 1, 8), SHAPE)
+        AKTNets(cnn(), build_model("cnn", NUM_CLASSES + 1, 1, 8), SHAPE)
 
 
 def test_bad_batches_are_refused() -> None:

@@ -13,24 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from zoo import architectures
+from zoo.architectures import build_model, split_head
 
 from .discriminators import GroupDiscriminator, InstanceDiscriminator
 
 __all__ = ["AKTNets", "build_akt_nets", "copy_head"]
-
-
-def _split(model: nn.Module, who: str) -> tuple[nn.Module, nn.Linear]:
-    """split_head(model), checked to be views of `model` (training embed or head must train the model)."""
-    embed, head = architectures.split_head(model)
-    own = {id(p) for p in model.parameters()}
-    if not isinstance(head, nn.Linear) or any(
-        id(p) not in own for p in [*embed.parameters(), *head.parameters()]
-    ):
-        raise ValueError(
-            f"split_head({who}) must return an nn.Linear head and an embed that share the model's parameters"
-        )
-    return embed, head
 
 
 def _check_same_architecture(m: nn.Module, g: nn.Module) -> None:
@@ -65,9 +52,9 @@ class AKTNets(nn.Module):
         if len(input_shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in input_shape):
             raise ValueError(f"input_shape must be (channels, height, width), got {input_shape!r}")
         self.m, self.g = m, g
-        # Plain tuples, not submodules: embed and head are views of m and g, which hold the parameters.
-        self._m_split = _split(m, "M")
-        self._g_split = _split(g, "G")
+        # Plain tuples, not submodules: split_head returns views of m and g, which hold the parameters.
+        self._m_split = split_head(m)
+        self._g_split = split_head(g)
         self.input_shape = tuple(input_shape)
         width = self.m_head.in_features
         self.d_i = InstanceDiscriminator(width, d_hidden)
@@ -126,7 +113,7 @@ def build_akt_nets(
 ) -> AKTNets:
     """M and G from `zoo.architectures.build_model` with the same arguments (independent random
     initialisations; G becomes a copy of M at the first step that uses the source), and D_I, D_G."""
-    m = architectures.build_model(arch, num_classes, in_channels, image_size, **arch_kwargs)
-    g = architectures.build_model(arch, num_classes, in_channels, image_size, **arch_kwargs)
+    m = build_model(arch, num_classes, in_channels, image_size, **arch_kwargs)
+    g = build_model(arch, num_classes, in_channels, image_size, **arch_kwargs)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return AKTNets(m, g, (in_channels, *size), d_hidden)
