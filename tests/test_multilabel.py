@@ -228,7 +228,9 @@ def test_three_d_batch_pairing() -> None:
     s, t, y = _logits(6)
     i, j = batch_pairs(len(s))
     assert len(i) == len(s) * (len(s) - 1) // 2 and bool((i < j).all())
-    expected = 100 * positive_divide_loss(s, t, y) + 10 * ndd_loss(s[i], t[i], s[j], t[j], ~y[i] & ~y[j])
+    expected = 100 / 64 * positive_divide_loss(s, t, y) + 10 / 64 * ndd_loss(
+        s[i], t[i], s[j], t[j], ~y[i] & ~y[j]
+    )
     assert float(three_d_loss(s, t, y)) == pytest.approx(float(expected), rel=1e-12)
     assert float(three_d_loss(t, t, y)) == pytest.approx(0.0, abs=1e-12)
     seen = _descends(lambda x: three_d_loss(x, t, y), s, lr=0.002)
