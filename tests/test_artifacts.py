@@ -532,3 +532,71 @@ def test_preprocess_empty_batches() -> None:
 def test_preprocess_refuses_bad_input(images, match: str) -> None:
     with pytest.raises(ArtifactError, match=match):
         preprocess(images, GRAY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# task: multiclass (default) or multilabel, with per-class thresholds
+
+# spec.json exactly as save_model wrote it before `task` existed (main at 44baf95): it must keep loading
+# and re-save byte for byte.
+OLD_SPEC_JSON = (
+    '{\n  "format_version": 1,\n  "arch": "cnn",\n  "arch_kwargs": {\n    "width": 4,\n    "depth": 2\n  },\n'
+    '  "input": {\n    "channels": 1,\n    "height": 28,\n    "width": 28,\n    "mean": [\n      0.2860406\n'
+    '    ],\n    "std": [\n      0.3530242\n    ]\n  },\n  "classes": [\n    "T-shirt/top",\n    "Trouser",\n'
+    '    "Bag"\n  ],\n  "metadata": {\n    "source": "demo:fmnist-demo",\n    "metrics": {\n'
+    '      "accuracy": 0.9549999833106995,\n      "nan": NaN\n    },\n    "created": "2026-12-02T02:15:31Z"\n'
+    "  }\n}\n"
+)
+
+
+def test_old_spec_json_loads_as_multiclass_and_resaves_byte_identically(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / SPEC_FILE).write_text(OLD_SPEC_JSON, encoding="utf-8")
+    spec = read_spec(old)
+    assert spec.task == "multiclass" and spec.thresholds is None and not spec.multilabel
+    torch.manual_seed(0)
+    model = _model(spec)
+    save_file(dict(model.state_dict()), str(old / WEIGHTS_FILE))
+    loaded, loaded_spec = load_model(old)
+    assert loaded_spec == spec
+    new = save_model(loaded, loaded_spec, tmp_path / "new")
+    assert (new / SPEC_FILE).read_text(encoding="utf-8") == OLD_SPEC_JSON
+
+
+def test_multilabel_spec_round_trip(tmp_path: Path) -> None:
+    spec = _spec(arch_kwargs={"width": 4, "depth": 2}, task="multilabel")
+    assert spec.multilabel and spec.thresholds == [0.5, 0.5, 0.5]
+    assert spec.to_dict()["task"] == "multilabel" and "thresholds" not in spec.to_dict()  # defaults left out
+    model = _model(spec)
+    _train_a_little(model, spec)
+    loaded, loaded_spec = load_model(save_model(model, spec, tmp_path / "ml"))
+    assert loaded_spec == spec
+    custom = _spec(arch_kwargs={"width": 4, "depth": 2}, task="multilabel", thresholds=[0.3, 0.5, 0.9])
+    d = json.loads((save_model(model, custom, tmp_path / "ml2") / SPEC_FILE).read_text())
+    assert d["task"] == "multilabel" and d["thresholds"] == [0.3, 0.5, 0.9]
+    assert list(d)[-1] == "metadata"
+    assert read_spec(tmp_path / "ml2") == custom and ModelSpec.from_dict(d).thresholds == [0.3, 0.5, 0.9]
+    # a multi-class spec writes neither field
+    assert not {"task", "thresholds"} & set(_spec().to_dict())
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_set("task", "regression"), "task must be one of"),
+        (_set("task", None), "task must be one of"),
+        (_set("thresholds", [0.5, 0.5]), "thresholds apply to multi-label models only"),
+        (lambda d: d.update(task="multilabel", thresholds=[0.5]), "1 values for 2 classes"),
+        (lambda d: d.update(task="multilabel", thresholds=[0.5, 1.0]), r"strictly between 0 and 1"),
+        (lambda d: d.update(task="multilabel", thresholds=[0.0, 0.5]), r"strictly between 0 and 1"),
+        (lambda d: d.update(task="multilabel", thresholds=[0.5, float("nan")]), r"strictly between 0 and 1"),
+        (lambda d: d.update(task="multilabel", thresholds=[0.5, True]), r"strictly between 0 and 1"),
+        (lambda d: d.update(task="multilabel", thresholds="0.5"), "one per class"),
+    ],
+)
+def test_bad_task_or_thresholds_are_refused(edit, match: str) -> None:
+    d = copy.deepcopy(GOOD)
+    edit(d)
+    with pytest.raises(ArtifactError, match=match):
+        ModelSpec.from_dict(d)

@@ -4,7 +4,9 @@ A model is a directory with two files:
 
 - `weights.safetensors`: the module's state_dict as safetensors (tensors only, no code);
 - `spec.json`: `ModelSpec.to_dict()` = {format_version, arch, arch_kwargs, input: {channels, height,
-  width, mean, std}, classes: [...], metadata: {source, metrics, created, ...}}.
+  width, mean, std}, classes: [...], metadata: {source, metrics, created, ...}}, plus `task` and
+  `thresholds` for multi-label models only (written only when not the default, so that a multi-class
+  spec.json is byte-identical to the one written before these fields existed).
 
 Loading never unpickles: the module is rebuilt from the allow-list in `zoo.architectures` and only
 tensors are read (`safetensors.torch.load_file`, never `torch.load`). Every refusal is an
@@ -37,7 +39,9 @@ from zoo.labels import normalize_class_name
 __all__ = [
     "FORMAT_VERSION",
     "LUMA_WEIGHTS",
+    "DEFAULT_THRESHOLD",
     "SPEC_FILE",
+    "TASKS",
     "WEIGHTS_FILE",
     "ArtifactError",
     "build_net",
@@ -55,6 +59,10 @@ SPEC_FILE = "spec.json"
 FORMAT_VERSION = 1
 # ITU-R BT.601 luma, as PIL's convert("L").
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# multiclass: one softmax over the classes (one label per image). multilabel: one sigmoid per class
+# (any number of labels per image), label c predicted when sigmoid(logit_c) >= thresholds[c].
+TASKS = ("multiclass", "multilabel")
+DEFAULT_THRESHOLD = 0.5
 
 
 class ArtifactError(ValueError):
@@ -141,16 +149,38 @@ class InputSpec:
         return cls(**{k: d[k] for k in keys})
 
 
+def _check_thresholds(thresholds: object, num_classes: int) -> list[float]:
+    if isinstance(thresholds, str) or not isinstance(thresholds, Sequence):
+        raise ArtifactError(
+            f"thresholds must be a list of numbers in (0, 1), one per class; got {thresholds!r}"
+        )
+    if len(thresholds) != num_classes:
+        raise ArtifactError(
+            f"thresholds has {len(thresholds)} values for {num_classes} classes; give one per class"
+        )
+    bad = [t for t in thresholds if not _is_number(t) or not 0 < t < 1]
+    if bad:
+        raise ArtifactError(f"thresholds must be numbers strictly between 0 and 1; got {bad[:4]}")
+    return [float(t) for t in thresholds]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """spec.json: the architecture and its kwargs, the input contract, the classes in output order,
-    and free JSON metadata (source, metrics, created, lineage...)."""
+    and free JSON metadata (source, metrics, created, lineage...).
+
+    `task` is "multiclass" (softmax over the classes; the default) or "multilabel" (one sigmoid per
+    class: the model still outputs one logit per class). A multi-label spec has `thresholds`, one
+    decision threshold in (0, 1) per class on sigmoid(logit) (0.5 each when not given); a multi-class
+    spec has none (None)."""
 
     arch: str
     classes: list[str]
     input: InputSpec
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    task: str = "multiclass"
+    thresholds: list[float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.arch, str) or not self.arch:
@@ -180,20 +210,43 @@ class ModelSpec:
                 raise ArtifactError(f"{name} must be an object with string keys, got {v!r}")
             _json_able(name, dict(v))
             object.__setattr__(self, name, dict(v))
+        if self.task not in TASKS:
+            raise ArtifactError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.task == "multiclass":
+            if self.thresholds is not None:
+                raise ArtifactError(
+                    "thresholds apply to multi-label models only; set task='multilabel' or drop thresholds"
+                )
+        else:
+            thresholds = self.thresholds
+            if thresholds is None:
+                thresholds = [DEFAULT_THRESHOLD] * len(self.classes)
+            object.__setattr__(self, "thresholds", _check_thresholds(thresholds, len(self.classes)))
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "arch": self.arch,
             "arch_kwargs": dict(self.arch_kwargs),
             "input": self.input.to_dict(),
             "classes": list(self.classes),
-            "metadata": dict(self.metadata),
         }
+        # Defaults are left out, so that a multi-class spec.json stays byte-identical to the one written
+        # before `task` existed (and every older reader still reads it).
+        if self.task != "multiclass":
+            d["task"] = self.task
+            if any(t != DEFAULT_THRESHOLD for t in self.thresholds or ()):
+                d["thresholds"] = list(self.thresholds or ())
+        d["metadata"] = dict(self.metadata)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
@@ -201,7 +254,7 @@ class ModelSpec:
         if not isinstance(d, Mapping):
             raise ArtifactError(f"a spec must be a JSON object, got {type(d).__name__}")
         required = {"arch", "input", "classes"}
-        optional = {"arch_kwargs", "metadata", "format_version"}
+        optional = {"arch_kwargs", "metadata", "format_version", "task", "thresholds"}
         missing = sorted(required - set(d))
         if missing:
             raise ArtifactError(f"spec lacks required field(s) {missing}")
@@ -221,6 +274,8 @@ class ModelSpec:
             input=InputSpec.from_dict(d["input"]),
             arch_kwargs=d.get("arch_kwargs") or {},
             metadata=d.get("metadata") or {},
+            task=d.get("task", "multiclass"),
+            thresholds=d.get("thresholds"),
         )
 
 

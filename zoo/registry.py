@@ -44,7 +44,7 @@ EXPERIMENT_NAME = "zoo-registry"
 ARTIFACT_PATH = "model"  # where a registration run logs the artifact directory
 
 # Tags the registry derives from the spec; a user may not set them to something else.
-DERIVED_TAGS = ("arch", "classes")
+DERIVED_TAGS = ("arch", "classes", "task")
 # Tags the registry fills when it can; a user may set them.
 KNOWN_TAGS = ("arch", "classes", "source", "accuracy")
 INTERNAL_PREFIX = "zoo."
@@ -193,7 +193,7 @@ def validate_tags(tags: Mapping[str, str] | None, spec: ModelSpec | None = None)
             raise ValueError(f"tag {key!r} is {len(value)} characters long; the limit is {MAX_TAG_VALUE}")
         out[key] = value
     if spec is not None:
-        derived = _derived_tags(spec)
+        derived = {"task": "multiclass", **_derived_tags(spec)}
         for key in DERIVED_TAGS:
             if key in out and out[key] != derived[key]:
                 raise ValueError(
@@ -205,6 +205,8 @@ def validate_tags(tags: Mapping[str, str] | None, spec: ModelSpec | None = None)
 
 def _derived_tags(spec: ModelSpec) -> dict[str, str]:
     tags = {"arch": spec.arch, "classes": str(len(spec.classes))}
+    if spec.task != "multiclass":  # no tag means multiclass, as for versions registered before `task`
+        tags["task"] = spec.task
     metadata = spec.metadata or {}
     if isinstance(metadata.get("source"), str) and metadata["source"]:
         tags["source"] = metadata["source"]
