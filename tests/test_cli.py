@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from zoo import cli
 from zoo.architectures import build_model
 from zoo.registry import Registry
+from zoo.unify.calibration import calibration_from_metadata, fit_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["T-shirt/top", "Trouser", "Pullover"]
@@ -191,3 +192,41 @@ def test_bad_input_exit_2(elsewhere: dict, tmp_path: Path, capsys: pytest.Captur
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.startswith("zoo: error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert str(pickled) in run.stderr and "pickle" in run.stderr, "the message names the user's file"
+
+
+def test_register_with_the_owners_calibration(
+    elsewhere: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--calibration FILE` (zoo.unify.calibration.fit_calibration's JSON) lands, validated, in the spec's
+    metadata["calibration"]; a bad file is refused with exit 2 naming it; without the flag there is none."""
+    uri = f"sqlite:///{tmp_path / 'zoo.db'}"
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    logits = torch.randn(60, 3, generator=g) + 3 * torch.nn.functional.one_hot(labels, 3)
+    cal = fit_calibration(logits, labels)
+    good = tmp_path / "calibration.json"
+    good.write_text(json.dumps(cal.to_dict()))
+    code, _, err = cli_main(
+        capsys, "--tracking-uri", uri, *register_args(elsewhere, "cal"), "--calibration", str(good)
+    )
+    assert code == 0, err
+    code, _, err = cli_main(capsys, "--tracking-uri", uri, *register_args(elsewhere, "plain"))
+    assert code == 0, err
+    registry = Registry(uri, cache_dir=tmp_path / "cache")
+    assert calibration_from_metadata(registry.get("cal").spec.metadata) == cal
+    assert calibration_from_metadata(registry.get("plain").spec.metadata) is None
+
+    bad_values = tmp_path / "bad.json"
+    bad_values.write_text(json.dumps({**cal.to_dict(), "temperature": -1}))
+    not_json = tmp_path / "not.json"
+    not_json.write_text("temperature: 1")
+    for path, words in (
+        (bad_values, "temperature"),
+        (not_json, "not a JSON file"),
+        (tmp_path / "nope.json", "no such file"),
+    ):
+        args = ["--tracking-uri", uri, *register_args(elsewhere, "refused"), "--calibration", str(path)]
+        code, _, err = cli_main(capsys, *args)
+        assert code == 2 and err.startswith("zoo: error: --calibration ") and str(path) in err, err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert [r.name for r in registry.list()] == ["cal", "plain"], "a refused registration wrote to the zoo"

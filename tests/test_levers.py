@@ -1,9 +1,10 @@
-"""Levers beyond paper 001 (zoo/unify/{calibration,confidence,self_training}.py, the core's
+"""Levers beyond paper 001 (zoo/unify/{calibration,confidence,self_training,sharpen}.py, the core's
 augmentation): the pure functions, and that each option of a Recipe reaches the student's loss
 through build_targets / make_loss / train_trial. Fast: tiny tensors, one tiny training run per option."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,10 +14,19 @@ from zoo.artifacts import InputSpec, ModelSpec
 from zoo.pipeline.sweep import SweepData, train_trial
 from zoo.train import Schedule, random_translate
 from zoo.unify import estimate_soft_labels, soft_cross_entropy
-from zoo.unify.calibration import apply_teacher_temperatures, fit_temperature
-from zoo.unify.confidence import confidence_scores, sample_weights
+from zoo.unify.calibration import (
+    TeacherCalibration,
+    apply_teacher_temperatures,
+    calibration_from_metadata,
+    fit_calibration,
+    fit_temperature,
+    in_class_pvalues,
+    teacher_pvalues,
+)
+from zoo.unify.confidence import confidence_scores, in_union_weights, sample_weights
 from zoo.unify.recipe import Recipe, build_targets, make_loss
 from zoo.unify.self_training import add_student_teacher
+from zoo.unify.sharpen import sharpen
 
 MASK = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
 
@@ -257,3 +267,116 @@ def test_a_diverging_student_stops_with_a_warning():
     assert len(history) < 5 and not math.isfinite(history[-1]["train_loss"])
     sane = train_trial(data, SPEC, _schedule(2, 0.01), recipe)
     assert len(sane) == 2 and all(math.isfinite(h["train_loss"]) for h in sane)
+
+
+# --------------------------------------------------------- what a teacher's owner ships (issue 18)
+def _separable(m: int = 60, classes: int = 3, margin: float = 6.0, seed: int = 3):
+    """A teacher that gets every held-out image right with a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(m) % classes
+    logits = torch.randn(m, classes, generator=g) + margin * torch.nn.functional.one_hot(labels, classes)
+    return logits, labels
+
+
+def test_fit_temperature_prior_count_keeps_a_perfect_teacher_off_the_bracket():
+    z, y = _separable()
+    assert fit_temperature(z, y) < 0.1  # the NLL falls towards 0 as t -> 0 (flat in float64 at the end)
+    t = fit_temperature(z, y, prior_count=1.0)
+    assert 0.1 < t < 20
+    # the prior fades with more data: 10x the images, a smaller pull towards uniform, a lower t
+    z10, y10 = _separable(m=600)
+    assert fit_temperature(z10, y10, prior_count=1.0) < t
+    with pytest.raises(ValueError, match="prior_count"):
+        fit_temperature(z, y, prior_count=-1)
+
+
+def test_teacher_calibration_round_trips_and_validates():
+    z, y = _separable()
+    cal = fit_calibration(z, y, num_quantiles=10)
+    assert len(cal.quantiles) == 11 and list(cal.quantiles) == sorted(cal.quantiles)
+    assert cal.n == 60 and cal.accuracy == 1.0 and cal.temperature == fit_temperature(z, y, prior_count=1.0)
+    back = TeacherCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back == cal
+    good = cal.to_dict()
+    bad = {
+        "unknown field": {**good, "colour": "blue"},
+        "lacks": {k: v for k, v in good.items() if k != "temperature"},
+        "temperature": {**good, "temperature": 0.0},
+        "non-decreasing": {**good, "quantiles": [0.9, 0.5]},
+        "finite numbers": {**good, "quantiles": [0.1, float("nan")]},
+        "n ": {**good, "n": 0},
+        "score": {**good, "score": "energy"},
+        "version": {**good, "version": 2},
+    }
+    for match, d in bad.items():
+        with pytest.raises(ValueError, match=match):
+            TeacherCalibration.from_dict(d)
+    with pytest.raises(ValueError, match="JSON object"):
+        TeacherCalibration.from_dict([1, 2])
+
+
+def test_calibration_from_metadata_old_specs_have_none():
+    cal = fit_calibration(*_separable())
+    assert calibration_from_metadata({}) is None and calibration_from_metadata(None) is None
+    assert calibration_from_metadata({"source": "x"}) is None
+    assert calibration_from_metadata({"calibration": cal.to_dict()}) == cal
+    with pytest.raises(ValueError, match="metadata"):
+        calibration_from_metadata({"calibration": {"temperature": 1.0}})
+
+
+def test_in_class_pvalues_are_uniform_on_the_owners_images_and_low_on_strangers():
+    g = torch.Generator().manual_seed(4)
+    labels = torch.arange(400) % 3
+    own = torch.randn(400, 3, generator=g) + 4 * torch.nn.functional.one_hot(labels, 3)
+    cal = fit_calibration(own[:200], labels[:200])
+    p_own = in_class_pvalues(own[200:], cal)  # fresh images of its classes
+    strangers = torch.randn(200, 3, generator=g)  # no class stands out: low confidence
+    p_far = in_class_pvalues(strangers, cal)
+    assert bool(((p_own >= 0) & (p_own <= 1)).all()) and abs(float(p_own.mean()) - 0.5) < 0.1
+    assert float(p_far.mean()) < 0.1 < float(p_own.mean())
+    # monotone in the teacher's confidence; below every owner score 0, above every one 1
+    sure = torch.tensor([[0.0, 0.0, 50.0]])
+    unsure = torch.zeros(1, 3)
+    assert float(in_class_pvalues(sure, cal)) == 1.0 and float(in_class_pvalues(unsure, cal)) == 0.0
+    conf = torch.linspace(0, 8, 30).unsqueeze(1) * torch.tensor([[1.0, 0.0, 0.0]])
+    p = in_class_pvalues(conf, cal)
+    assert bool((p[1:] >= p[:-1]).all())
+
+
+def test_teacher_pvalues_read_each_teachers_own_classes_and_in_union_weights_drop():
+    cal = fit_calibration(*_separable(classes=3))
+    z = torch.zeros(4, 2, 4)
+    z[:, 0, 3] = float("inf")  # masked for teacher 0: must not count
+    z[:, 1, 0] = float("nan")  # masked for teacher 1
+    z[0, 0, :3] = torch.tensor([9.0, 0.0, 0.0])  # teacher 0 sure of sample 0
+    z[1, 1, 1:] = torch.tensor([0.0, 0.0, 9.0])  # teacher 1 sure of sample 1
+    p = teacher_pvalues(z, MASK, [cal, cal])
+    assert p.shape == (4, 2) and bool(torch.isfinite(p).all())
+    assert p[0, 0] > 0.5 and p[1, 1] > 0.5 and float(p[2:].max()) == 0.0
+    s = in_union_weights(z, MASK, [cal, cal], threshold=0.05)
+    assert torch.equal(s > 0, torch.tensor([True, True, False, False])) and abs(float(s.mean()) - 1) < 1e-6
+    soft = in_union_weights(z, MASK, [cal, cal], soft=True)
+    assert torch.allclose(soft, p.amax(1) / p.amax(1).mean())
+    with pytest.raises(ValueError, match="one per teacher"):
+        teacher_pvalues(z, MASK, [cal])
+    with pytest.raises(ValueError, match="threshold"):
+        in_union_weights(z, MASK, [cal, cal], threshold=1.0)
+    with pytest.raises(ValueError, match="lower it"):
+        in_union_weights(z[2:], MASK, [cal, cal])
+
+
+# ---------------------------------------------------------------------------------------- sharpen
+def test_sharpen_keeps_the_argmax_and_lowers_the_entropy():
+    q = torch.softmax(torch.randn(16, 5, generator=torch.Generator().manual_seed(5)), -1)
+    entropy = lambda p: -(p * p.clamp_min(1e-30).log()).sum(-1)  # noqa: E731
+    torch.testing.assert_close(sharpen(q, 1.0), q)
+    half = sharpen(q, 0.5)
+    torch.testing.assert_close(half, q**2 / (q**2).sum(-1, keepdim=True))
+    assert torch.equal(half.argmax(-1), q.argmax(-1)) and bool((entropy(half) < entropy(q)).all())
+    hard = sharpen(q, 0)
+    assert torch.equal(hard, torch.nn.functional.one_hot(q.argmax(-1), 5).float())
+    tiny = torch.tensor([[1.0, 0.0, 0.0]])  # zeros stay zero, no 0/0
+    torch.testing.assert_close(sharpen(tiny, 0.3), tiny)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="tau"):
+            sharpen(q, bad)

@@ -4,6 +4,7 @@
     zoo show NAME [--version V | --alias A] [--json]
     zoo register --name NAME --arch ARCH --weights FILE.safetensors --classes FILE.txt --input-shape C,H,W
                  [--arch-kwargs JSON] [--mean M,...] [--std S,...] [--tag k=v ...] [--alias A ...]
+                 [--calibration FILE.json]
     zoo alias NAME ALIAS VERSION
     zoo rm NAME [--version V]
 
@@ -99,6 +100,27 @@ def read_classes(path: str) -> list[str]:
     return classes
 
 
+def read_calibration(path: str) -> dict[str, Any]:
+    """The owner's calibration (zoo.unify.calibration.TeacherCalibration as JSON: what
+    ``fit_calibration(...).to_dict()`` gives), validated; returned as its canonical dict."""
+    from zoo.unify.calibration import TeacherCalibration
+
+    file = Path(path)
+    if not file.is_file():
+        raise BadInput(f"--calibration {path}: no such file")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"--calibration {path}: not a JSON file ({exc})") from None
+    try:
+        return TeacherCalibration.from_dict(data).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise BadInput(
+            f"--calibration {path}: {exc} (make it with zoo.unify.calibration.fit_calibration(logits, "
+            "labels).to_dict() on your held-out images)"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -145,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--alias", action="append", default=[], help="alias to point at the new version (repeatable)"
     )
     p.add_argument("--description", default="", help="free text")
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.json",
+        help="the owner's calibration of the teacher on its held-out images "
+        "(zoo.unify.calibration.fit_calibration(logits, labels).to_dict()), kept in the spec's metadata",
+    )
     p.add_argument("--json", action="store_true", help="print the new version as JSON")
 
     p = sub.add_parser("alias", help="point an alias of a model at a version", parents=[common])
@@ -274,6 +302,11 @@ def cmd_register(registry: Any, args: argparse.Namespace) -> None:
     if not isinstance(arch_kwargs, dict):
         raise BadInput("bad --arch-kwargs: a JSON object is needed, e.g. '{\"width\": 32}'")
     channels, height, width = parse_shape(args.input_shape)
+    metadata: dict[str, Any] = {"registered_with": "zoo register", "weights_file": weights.name}
+    if args.calibration is not None:
+        from zoo.unify.calibration import CALIBRATION_KEY
+
+        metadata[CALIBRATION_KEY] = read_calibration(args.calibration)
     spec = ModelSpec(
         arch=args.arch,
         classes=read_classes(args.classes),
@@ -285,7 +318,7 @@ def cmd_register(registry: Any, args: argparse.Namespace) -> None:
             std=parse_floats(args.std, channels, "--std", 0.5),
         ),
         arch_kwargs=arch_kwargs,
-        metadata={"registered_with": "zoo register", "weights_file": weights.name},
+        metadata=metadata,
     )
     # Validate the spec as spec.json would be read back, then let register() check the whole artifact.
     spec = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
