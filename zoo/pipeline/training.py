@@ -219,6 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     images, loss_fn = config["data"].load(spec.input, device)
     evals = _eval_tensors(config["eval_set"], spec.input, device) if rank == 0 else None
+    vals = _eval_tensors(config["val_set"], spec.input, device) if rank == 0 else None
     batch = math.ceil(schedule.batch_size / world)
     last_ckpt = time.perf_counter()
     # stdout: a bar on stderr has no newline and gets glued to Ray's own lines (zoo.pipeline.console).
@@ -232,25 +233,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         gen = augment_generator(schedule.seed, epoch, rank) if config["augment"] else None
         loss = train_epoch(model, opt, images, loss_fn, order, batch, gen)
         seconds = time.perf_counter() - t0
-        if every.every_epochs:
-            periodic = (epoch + 1) % every.every_epochs == 0
-        else:
-            periodic = time.perf_counter() - last_ckpt >= every.every_s
-        due = periodic or epoch + 1 == schedule.epochs or not math.isfinite(loss)
-        loss_sum, due_votes = _agree([loss, float(due)], device, world)
         metrics = {
             "epoch": epoch,
-            "train_loss": loss_sum / world,
             "lr": lr,
             "epoch_time_s": seconds,
             "samples_per_s": len(images) * world / seconds,
         }
         if evals is not None:
             metrics["eval_accuracy"] = evaluate(bare, *evals)
+        if vals is not None:
+            metrics["val_accuracy"] = evaluate(bare, *vals)
+        stop = rank == 0 and _plateaued(state, metrics, epoch, config["patience"])
+        if every.every_epochs:
+            periodic = (epoch + 1) % every.every_epochs == 0
+        else:
+            periodic = time.perf_counter() - last_ckpt >= every.every_s
+        due = periodic or stop or epoch + 1 == schedule.epochs or not math.isfinite(loss)
+        loss_sum, due_votes, stop_votes = _agree([loss, float(due), float(stop)], device, world)
+        metrics["train_loss"] = loss_sum / world
         state["history"].append(metrics)
         state["epoch"] = epoch
         state["compute_s"] = state.get("compute_s", 0.0) + seconds
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "eval_accuracy")}
+        shown = {
+            k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "val_accuracy", "eval_accuracy")
+        }
         bar.set_postfix(shown, refresh=False)  # one line per epoch in a log: update() draws it
         bar.update(1)
         if due_votes > 0:  # every rank reports together (a report is a collective)
@@ -258,7 +264,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last_ckpt = time.perf_counter()
         if not math.isfinite(metrics["train_loss"]):
             break  # diverged: every rank sees the same summed loss; the driver raises StudentDiverged
+        if stop_votes > 0:
+            break  # the stop rule (rank 0 decides, every rank follows)
     bar.close()
+
+
+def _plateaued(state: dict[str, Any], metrics: dict[str, Any], epoch: int, patience: int | None) -> bool:
+    """The stop rule: the validation accuracy has not improved for ``patience`` epochs (never without
+    a validation set or a patience). Its record lives in the checkpointed state, so a resumed run
+    keeps counting."""
+    if patience is None or "val_accuracy" not in metrics:
+        return False
+    if metrics["val_accuracy"] > state.get("best_val_accuracy", -1.0):
+        state.update(best_val_accuracy=metrics["val_accuracy"], best_epoch=epoch)
+        return False
+    if epoch - state["best_epoch"] >= patience:
+        state["stopped_early_at"] = epoch
+        return True
+    return False
 
 
 def _eval_tensors(
@@ -346,6 +369,8 @@ def train_network(
     storage_path: PathLike,
     run_name: str,
     eval_set: LabelledSet | None = None,
+    val_set: LabelledSet | None = None,
+    patience: int | None = None,
     augment: bool = False,
     checkpointing: Checkpointing = Checkpointing(),
     num_workers: int | None = None,
@@ -356,20 +381,20 @@ def train_network(
 ) -> TrainResult:
     """Train ``spec``'s network on ``data`` with ``schedule`` on Ray Train and save it in the zoo's
     format under ``<storage_path>/<run_name>/<output_name>/`` (with ``spec``'s metadata and the metrics);
-    needs a running Ray. Per-epoch metrics (train loss, accuracy on ``eval_set`` when given) go to the
-    MLflow run ``mlflow_run_id`` when given. See the module docstring for checkpoints and resuming."""
+    needs a running Ray. Per-epoch metrics (train loss, accuracy on ``eval_set`` and on ``val_set`` when
+    given) go to the MLflow run ``mlflow_run_id`` when given. The stop rule: with ``val_set`` and
+    ``patience``, training stops once the validation accuracy has not improved for ``patience``
+    epochs (the last epoch's weights are kept). See the module docstring for checkpoints and resuming."""
     if not ray.is_initialized():
         raise RuntimeError(
             "train_network needs a running Ray: call ray.init() (or ray.init(address=...)) first"
         )
     if len(spec.classes) < 2:
         raise ValueError(f"a network needs at least 2 classes, got {spec.classes}")
-    if (
-        eval_set is not None
-        and len(eval_set)
-        and (eval_set.labels.min() < 0 or eval_set.labels.max() >= len(spec.classes))
-    ):
-        raise ValueError(f"eval_set labels must be indices into the {len(spec.classes)} classes")
+    for name, labelled in (("eval_set", eval_set), ("val_set", val_set)):
+        if labelled is not None and len(labelled):
+            if labelled.labels.min() < 0 or labelled.labels.max() >= len(spec.classes):
+                raise ValueError(f"{name} labels must be indices into the {len(spec.classes)} classes")
     data.check()  # fail fast on the driver: the workers would fail the same way, after ~20 s
     workers, gpu, cpu_per_worker, threads = _scaling(num_workers, use_gpu)
     storage = str(storage_path) if is_uri(storage_path) else os.path.abspath(storage_path)
@@ -395,6 +420,8 @@ def train_network(
             "config_fingerprint": fp,
             # Through the object store: shipped once per node, not pickled into the run's config.
             "eval_set": None if eval_set is None else ray.put((eval_set.images, eval_set.labels)),
+            "val_set": None if val_set is None else ray.put((val_set.images, val_set.labels)),
+            "patience": patience,
             "run_dir": run_dir,
             "threads": threads,
         },
@@ -455,9 +482,14 @@ def _finish(result, spec, schedule, data, run, output_name, tracking_uri, run_id
         "samples_per_s": float(np.median(steady)) if steady else None,
         "attempt_start_epochs": state.get("attempt_start_epochs", []),
     }
-    if "eval_accuracy" in last:
-        metrics["eval_accuracy"] = last["eval_accuracy"]
-    kept = {k: v for k, v in metrics.items() if k in ("train_loss", "eval_accuracy", "epochs")}
+    for key in ("eval_accuracy", "val_accuracy"):
+        if key in last:
+            metrics[key] = last[key]
+    if "stopped_early_at" in state:
+        metrics["stopped_early_at"] = state["stopped_early_at"]
+    kept = {
+        k: v for k, v in metrics.items() if k in ("train_loss", "eval_accuracy", "val_accuracy", "epochs")
+    }
     # `accuracy` is what the registry shows for every zoo model.
     kept.update({"accuracy": metrics["eval_accuracy"]} if "eval_accuracy" in metrics else {})
     spec = replace(spec, metadata={**spec.metadata, "metrics": {**spec.metadata.get("metrics", {}), **kept}})
@@ -496,7 +528,7 @@ def _log_to_mlflow(tracking_uri, run_id, spec, schedule, data, history, extra) -
     metrics = [
         Metric(f"student.{k}", float(h[k]), now, int(h["epoch"]))
         for h in history
-        for k in ("train_loss", "eval_accuracy", "samples_per_s", "epoch_time_s")
+        for k in ("train_loss", "eval_accuracy", "val_accuracy", "samples_per_s", "epoch_time_s")
         if k in h
     ]
     metrics.append(Metric("student.fit_seconds", float(extra["fit_seconds"]), now, 0))
