@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from zoo.artifacts import InputSpec, ModelSpec, build_net
-from zoo.pipeline import JobError
+from zoo.errors import JobError
 from zoo.train import Schedule
 from zoo.unify.recipe import Recipe
 
