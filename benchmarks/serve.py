@@ -490,9 +490,10 @@ def goals(key: str, flavour: str, results: list[Result]) -> list[str]:
                 rows.append((f"c={c}: req/s >= 0.8 x the c=32 peak", f"{share:.2f} x the peak", share >= 0.8))
             other = {k: v for k, v in s.statuses.items() if k not in map(str, REFUSALS)}
             fast = not s.refused_ms or s.pct(0.99, refused=True) < FAST_REFUSAL_MS
-            shown = (
-                f"{len(s.refused_ms)} refused, p99 {s.pct(0.99, refused=True):.0f} ms; other: {other or '-'}"
-            )
+            shown = f"{len(s.refused_ms)} refused"
+            if s.refused_ms:
+                shown += f", p99 {s.pct(0.99, refused=True):.0f} ms"
+            shown += f"; other: {other or '-'}"
             rows.append(
                 (f"c={c}: every refusal a 503/429 in < {FAST_REFUSAL_MS:.0f} ms", shown, fast and not other)
             )
@@ -651,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
         "compare ratios within a block, not absolute numbers across runs)",
         f"- per cell and round: at most max({args.requests}, {args.per_client} x concurrency) requests, "
         "none started after "
-        f"{args.max_seconds:.0f} s; {args.rounds} rounds pooled (modes interleaved, order rotated each "
+        f"{args.max_seconds:.0f} s; {args.rounds} round(s) pooled (modes interleaved, order rotated each "
         "round); loopback HTTP, aiohttp client in the benchmark process, one keep-alive connection per "
         "client; refused clients "
         + ("retry at once" if args.ignore_retry_after else "wait the Retry-After they were sent")
