@@ -533,7 +533,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small,resnet18", help=f"comma-separated among {', '.join(MODELS)}")
     p.add_argument("--concurrency", default="1,8,32,128,256")
-    p.add_argument("--requests", type=int, default=400, help="at most this many requests per cell and round")
+    p.add_argument("--requests", type=int, default=3000, help="at most this many requests per cell and round")
     p.add_argument("--per-client", type=int, default=8, help="... but at least this many per client")
     p.add_argument("--max-seconds", type=float, default=8.0, help="no new request after this, per cell")
     p.add_argument("--resnet-size", type=int, default=224)
