@@ -65,7 +65,8 @@ def export_fast_path(environ: MutableMapping[str, str]) -> None:
 def isolated_haproxy_env(directory: str | os.PathLike[str]) -> dict[str, str]:
     """Environment that keeps one Serve cluster's HAProxy apart from another's on the same machine
     (tests, benchmarks, two users): its files under ``directory`` (default /tmp/haproxy-serve) and
-    free ports for its stats page and metrics (default 8404 and 9101, on every interface).
+    free ports for its stats page and metrics (default 8404 and 9101, on every interface) and for the
+    Python fallback proxy that Serve keeps beside HAProxy (default 8500 and 9500).
 
     HAProxy puts its sockets at ``<directory>/<56-hex node id>/metrics.sock``, and a socket path has at
     most 97 bytes, so ``directory`` must be short: e.g. ``tempfile.mkdtemp(prefix="hap-", dir="/tmp")``.
@@ -84,6 +85,8 @@ def isolated_haproxy_env(directory: str | os.PathLike[str]) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
     }
 
 

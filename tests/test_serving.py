@@ -27,7 +27,6 @@ import torch
 import yaml
 from PIL import Image
 
-import serving.app
 from serving.config import FAST_PATH_ENV, ConfigError, ServeConfig, export_fast_path, isolated_haproxy_env
 from serving.inference import InputError, decode_image, load_classifier
 from zoo.architectures import build_model
@@ -50,6 +49,10 @@ LIMITS = {"max_body_bytes": 2_000_000, "max_pixels": 1_000_000, "max_batch_items
 # clients need up to 32 places. The overload test holds all 32 and checks that the next one is refused.
 CAPACITY = {"max_ongoing_requests": 16, "max_queued_requests": 16, "retry_after_s": 1}
 TIMEOUT = 30
+TEST_SERVE_ENV = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -127,15 +130,13 @@ def zoo(tmp_path_factory):
 
 def start_serve_fast_path(port: int, haproxy_dir: Path) -> None:
     """serve.start as serving/config.yaml does it: FAST_PATH_ENV for the controller, which hands it to
-    HAProxy and the replicas; this test's HAProxy files and ports kept apart from any other on the
-    machine, and a short drain so that shutting down does not wait 30 s."""
+    HAProxy and the replicas. Apart from that: this test's HAProxy files and ports kept apart from any
+    other on the machine, a short drain so that shutting down does not wait 30 s, and 30 s instead of 5
+    for HAProxy's manager to report ready (on a 2-core machine under a load of 30 it missed 3 x 5 s and
+    Serve replaced it, failing the fixture)."""
     from ray import serve
 
-    env = {
-        **FAST_PATH_ENV,
-        **isolated_haproxy_env(haproxy_dir),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-    }
+    env = {**FAST_PATH_ENV, **isolated_haproxy_env(haproxy_dir), **TEST_SERVE_ENV}
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
         controller_options={"runtime_env": {"env_vars": env}},
@@ -249,6 +250,8 @@ def test_the_documented_launches_take_the_fast_path(monkeypatch):
     environ = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     export_fast_path(environ)
     assert environ == {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}  # an explicit opt-out stays
+
+    import serving.app  # Ray Serve: imported here, not when the tests are collected
 
     exported = []
     monkeypatch.setattr(serving.app, "export_fast_path", exported.append)

@@ -78,6 +78,7 @@ def server(ray_session, tmp_path_factory):
         **FAST_PATH_ENV,
         **isolated_haproxy_env(haproxy_dir.name),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     }
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
