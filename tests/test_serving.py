@@ -151,7 +151,6 @@ def server(ray_session, zoo):
 
     port = free_port()
     haproxy_dir = tempfile.TemporaryDirectory(prefix="hap-", dir="/tmp")  # short: socket paths <= 97 bytes
-    start_serve_fast_path(port, Path(haproxy_dir.name))
     args = {
         "name": NAME,
         "tracking_uri": zoo["uri"],
@@ -169,6 +168,7 @@ def server(ray_session, zoo):
     }
     url = f"http://127.0.0.1:{port}"
     try:
+        start_serve_fast_path(port, Path(haproxy_dir.name))
         serve.run(build_app(args), name="zoo-serving-test", route_prefix="/", blocking=False)
         wait_healthy(url)
         yield url

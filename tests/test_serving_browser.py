@@ -80,10 +80,6 @@ def server(ray_session, tmp_path_factory):
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     }
-    serve.start(
-        http_options={"host": "127.0.0.1", "port": port},
-        controller_options={"runtime_env": {"env_vars": env}},
-    )
     url = f"http://127.0.0.1:{port}"
     args = {
         "name": NAME,
@@ -95,6 +91,10 @@ def server(ray_session, tmp_path_factory):
         "torch_threads": 1,
     }
     try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            controller_options={"runtime_env": {"env_vars": env}},
+        )
         serve.run(build_app(args), name="zoo-serving-browser", route_prefix="/", blocking=False)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
