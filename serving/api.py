@@ -53,25 +53,49 @@ def error_response(
 
 
 class BearerAuth:
-    """ASGI middleware: every path but PUBLIC_PATHS needs ``Authorization: Bearer <token>``. Pure ASGI
-    (not BaseHTTPMiddleware) so it costs next to nothing per request."""
+    """ASGI middleware: every path but PUBLIC_PATHS needs ``Authorization: Bearer <token>``; the scheme
+    is case-insensitive (RFC 7235: ``bearer`` and ``BEARER`` too), the token is compared in constant
+    time. Pure ASGI (not BaseHTTPMiddleware) so it costs next to nothing per request."""
 
     def __init__(self, app: Any, token: str):
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
-            detail = (
-                "wrong bearer token"
-                if given
-                else "missing bearer token: send 'Authorization: Bearer <token>'"
-            )
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+            if not given:
+                detail = "missing bearer token: send 'Authorization: Bearer <token>'"
+            elif scheme.lower() != b"bearer":
+                detail = "wrong authorization scheme: send 'Authorization: Bearer <token>'"
+            else:
+                detail = "wrong bearer token"
             response = error_response(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class RequestLineLimit:
+    """ASGI middleware: a request whose target (path and query) is over ``limit`` bytes gets a JSON
+    414 ``uri_too_long``. The HTTP servers in front (HAProxy's 16 KiB buffer, uvicorn) have larger
+    limits of their own, so between this one and theirs the client gets the API's error shape."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+            if size > self.limit:
+                detail = (
+                    f"request target of {size} bytes is over the limit of {self.limit} bytes: "
+                    "send images in the body, not in the URL"
+                )
+                return await error_response(414, "uri_too_long", detail)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -264,15 +288,27 @@ def make_api(backend: Backend, cfg: ServeConfig, title: str = "zoo inference") -
         names = [f"images[{i}]" for i in range(len(blobs))] if batch else ["the image"]
         images = [decode_image(b, max_pixels=cfg.max_pixels, what=n) for b, n in zip(blobs, names)]
         results = await backend.classify(images, top_k or cfg.top_k)
-        return format_results(results, batch)
+        return response_body(results, batch)
 
     if cfg.token:
         app.add_middleware(BearerAuth, token=cfg.token)
+    app.add_middleware(RequestLineLimit, limit=cfg.max_request_line_bytes)  # outermost: added last
     return app
 
 
-def format_results(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
-    first = results[0].to_dict()
+def response_body(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
+    """The JSON answer of /v1/classify, built here only: ``{"predictions", "model"}`` for one image,
+    ``{"model", "results": [{"predictions", "model"}, ...]}`` for a batch. Answers with more than the
+    top-k (every label's probability, multi-label decisions) belong in prediction_json."""
+    first = prediction_json(results[0])
     if not batch:
         return first
-    return {"model": first["model"], "results": [r.to_dict() for r in results]}
+    return {"model": first["model"], "results": [prediction_json(r) for r in results]}
+
+
+def prediction_json(p: Prediction) -> dict[str, Any]:
+    """One image's answer: its top-k classes with probabilities and the model version that gave them."""
+    return {
+        "predictions": [{"class": c, "probability": round(x, 6)} for c, x in zip(p.classes, p.probabilities)],
+        "model": {"name": p.name, "version": p.version},
+    }
