@@ -22,6 +22,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serving.config import ServeConfig
 from serving.inference import CONTENT_TYPES, Classifier, InputError, Prediction, decode_image
@@ -127,8 +128,6 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 async def parse_multipart(request: Request, body: bytes, max_items: int) -> list[bytes]:
     """The files of a multipart/form-data body (any field names), in order."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     parser = MultiPartParser(
         request.headers, _once(body), max_files=max_items, max_fields=16, max_part_size=64 * 1024
     )
@@ -226,40 +225,7 @@ def make_api(backend: Backend, cfg: ServeConfig, title: str = "zoo inference") -
         except Exception as exc:
             return error_response(503, "reload_failed", f"kept the current model: {exc}")
 
-    @app.post(
-        "/v1/classify",
-        tags=["model"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                    "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        }
-                    },
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["images"],
-                            "properties": {
-                                "images": {
-                                    "type": "array",
-                                    "items": {"type": "string", "description": "base64 image or data: URL"},
-                                    "maxItems": cfg.max_batch_items,
-                                },
-                                "top_k": {"type": "integer", "minimum": 1},
-                            },
-                        }
-                    },
-                },
-            }
-        },
-    )
+    @app.post("/v1/classify", tags=["model"], openapi_extra=classify_schema(cfg.max_batch_items))
     async def classify(
         request: Request,
         top_k: int | None = Query(None, ge=1, description=f"classes to return (default {cfg.top_k})"),
@@ -267,33 +233,69 @@ def make_api(backend: Backend, cfg: ServeConfig, title: str = "zoo inference") -
         """Top-k classes with probabilities. A raw image body or a multipart form with one file gives
         ``{"model", "predictions"}``; a JSON batch ``{"images": [base64, ...]}`` or a multipart form with
         several files gives ``{"model", "results": [{"predictions"}, ...]}``."""
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media not in RAW_TYPES and media not in ("multipart/form-data", "application/json"):
-            shown = media or "none"
-            raise InputError(
-                f"unsupported content type {shown!r}: send {ACCEPTED}", 415, "unsupported_media_type"
-            )
-        body = await read_body(request, cfg.max_body_bytes)
-        if not body:
-            raise InputError("empty body: send an image", 400, "empty_body")
-        batch = True
-        if media == "application/json":
-            blobs, json_k = parse_json_batch(body, cfg.max_batch_items)
-            top_k = top_k or json_k
-        elif media == "multipart/form-data":
-            blobs = await parse_multipart(request, body, cfg.max_batch_items)
-            batch = len(blobs) > 1
-        else:
-            blobs, batch = [body], False
-        names = [f"images[{i}]" for i in range(len(blobs))] if batch else ["the image"]
-        images = [decode_image(b, max_pixels=cfg.max_pixels, what=n) for b, n in zip(blobs, names)]
-        results = await backend.classify(images, top_k or cfg.top_k)
+        images, batch, json_k = await read_images(request, cfg)
+        results = await backend.classify(images, top_k or json_k or cfg.top_k)
         return response_body(results, batch)
 
     if cfg.token:
         app.add_middleware(BearerAuth, token=cfg.token)
     app.add_middleware(RequestLineLimit, limit=cfg.max_request_line_bytes)  # outermost: added last
     return app
+
+
+def classify_schema(max_items: int) -> dict[str, Any]:
+    """The request bodies `POST /v1/classify` takes, for the OpenAPI page."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    images = {"type": "array", "items": {"type": "string", "description": "base64 image or data: URL"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "image/png": binary,
+                "image/jpeg": binary,
+                "image/webp": binary,
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["images"],
+                        "properties": {
+                            "images": {**images, "maxItems": max_items},
+                            "top_k": {"type": "integer", "minimum": 1},
+                        },
+                    }
+                },
+            },
+        }
+    }
+
+
+async def read_images(request: Request, cfg: ServeConfig) -> tuple[list[Any], bool, int | None]:
+    """(decoded images, whether the request was a batch, the JSON body's top_k) of a classify request;
+    InputError (415, 400, 413, 422) for what cannot be served."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in RAW_TYPES and media not in ("multipart/form-data", "application/json"):
+        raise InputError(
+            f"unsupported content type {media or 'none'!r}: send {ACCEPTED}", 415, "unsupported_media_type"
+        )
+    body = await read_body(request, cfg.max_body_bytes)
+    if not body:
+        raise InputError("empty body: send an image", 400, "empty_body")
+    batch, json_k = True, None
+    if media == "application/json":
+        blobs, json_k = parse_json_batch(body, cfg.max_batch_items)
+    elif media == "multipart/form-data":
+        blobs = await parse_multipart(request, body, cfg.max_batch_items)
+        batch = len(blobs) > 1
+    else:
+        blobs, batch = [body], False
+    names = [f"images[{i}]" for i in range(len(blobs))] if batch else ["the image"]
+    return [decode_image(b, max_pixels=cfg.max_pixels, what=n) for b, n in zip(blobs, names)], batch, json_k
 
 
 def response_body(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 from ray import serve
 from ray.serve import Application
 
@@ -43,8 +44,6 @@ class ZooClassifier:
     """One replica: the champion's classifier, a batch queue in front of it and the alias poll."""
 
     def __init__(self, config: dict[str, Any]):
-        import torch
-
         self.cfg = ServeConfig.from_dict(config)
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)

@@ -157,6 +157,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.model_uri:
+            # Here, not at the top: zoo.registry imports torch, and the config is parsed where no model
+            # is loaded (the CLI, Serve's controller); only a model URI needs it.
             from zoo.registry import parse_model_uri
 
             try:

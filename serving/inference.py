@@ -7,6 +7,7 @@ benchmarks/serve.py both run these, so the two are compared on the same work.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,8 +20,10 @@ import torch
 from PIL import Image, ImageFile
 
 from serving.config import ServeConfig
+from zoo.artifacts import preprocess
 from zoo.data import ImageDecodeError
 from zoo.data import decode_image as zoo_decode_image
+from zoo.registry import Registry
 
 log = logging.getLogger("zoo.serving")
 
@@ -111,8 +114,6 @@ class Classifier:
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], top_k: int | Sequence[int]) -> list[Prediction]:
         """Classify decoded images (uint8 HxW or HxWxC, any sizes); ``top_k`` per image or for all."""
-        from zoo.artifacts import preprocess
-
         if not images:
             return []
         ks = [top_k] * len(images) if isinstance(top_k, int) else list(top_k)
@@ -165,8 +166,6 @@ class Classifier:
 
 
 def _maybe_json(value: str) -> Any:
-    import json
-
     try:
         return json.loads(value)
     except ValueError:
@@ -211,8 +210,6 @@ class ChampionTracker:
     """
 
     def __init__(self, cfg: ServeConfig, device: torch.device | None = None):
-        from zoo.registry import Registry
-
         self.cfg = cfg
         self.device = device or pick_device()
         self.registry = Registry(cfg.tracking_uri or None, cache_dir=cfg.cache_dir or None)
