@@ -43,6 +43,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a new instance, whatever cluster or stale bootstrap file the machine has
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,

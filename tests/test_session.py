@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,24 +19,47 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_processes_under(tmp: str) -> None:
+    """Ray's daemons (GCS, raylet, log monitors) name their session directory, under ``tmp``, on their
+    command lines; some leave the head's process group, so killing the group is not enough."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and tmp in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_job_joins_the_ray_start_cluster_running_on_the_machine() -> None:
     """Issue 16: `python jobs/unify.py` right after the README's `ray start --head` crashed (ray.init
     refuses num_cpus when it joins). init_ray now joins that cluster and says which; it neither starts
-    nor stops one of its own. The cluster lives in its own temp dir and process group, so that nothing
-    else on the machine sees it, and is stopped by killing that group (`ray stop` stops every cluster)."""
+    nor stops one of its own. The cluster lives in its own temp dir, on loopback and a free port, so
+    that nothing else on the machine sees it or collides with it, and is stopped by killing its
+    processes (`ray stop` stops every cluster); the job starts only once `ray status` answers."""
     with tempfile.TemporaryDirectory(prefix="zt-", dir="/tmp") as tmp:  # short: Ray's socket paths
-        env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        address = f"127.0.0.1:{_free_port()}"
         head = subprocess.Popen(
-            [str(RAY), "start", "--head", "--num-cpus", "3", "--include-dashboard=false", "--block"],
+            [str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
+             "--temp-dir", f"{tmp}/ray", "--num-cpus", "3", "--include-dashboard=false", "--block"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 240
-            while not (Path(tmp) / "ray" / "ray_current_cluster").exists():
+            while subprocess.run(
+                [str(RAY), "status", "--address", address], env=env, capture_output=True, timeout=120
+            ).returncode:
                 assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
-                time.sleep(0.5)
+                time.sleep(1)
             code = (
                 "import ray; from zoo.pipeline.session import init_ray; started = init_ray(num_cpus=2); "
                 "print('started', started, 'cpus', ray.cluster_resources().get('CPU'))"
@@ -46,8 +70,9 @@ def test_a_job_joins_the_ray_start_cluster_running_on_the_machine() -> None:
         finally:
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(timeout=60)
+            _kill_processes_under(tmp)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "[ray] joined the cluster at" in done.stdout
+    assert "[ray] joined the cluster at " in done.stdout and address.split(":")[1] in done.stdout
     assert "started False cpus 3.0" in done.stdout  # the running cluster's 3 CPUs, not a new 2-CPU Ray
 
 
