@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from zoo.artifacts import InputSpec, ModelSpec, build_net, preprocess, save_model
 from zoo.demo import DemoConfig, DemoSplit, make_split, save_split, with_zoo
 from zoo.pipeline.datasets import Dataset, input_spec_for, load_dataset
+from zoo.pipeline.session import init_ray
 from zoo.registry import ModelNotFound, Registry, default_tracking_uri, experiment_id, validate_name
 from zoo.train import evaluate, fit_classifier, pick_device
 
@@ -231,14 +232,16 @@ def build_zoo(
         tags={"zoo": name, "kind": "split", "dataset": ds.name, "overlap": cfg.overlap},
     )
     run_id = run.info.run_id
-    started_ray = not ray.is_initialized()
+    started_ray = False
     try:
         with tempfile.TemporaryDirectory(prefix="zoo-build-") as tmp:
             save_split(split, Path(tmp) / SPLIT_FILE)
             client.log_artifact(run_id, str(Path(tmp) / SPLIT_FILE))
         _log_params(client, run_id, cfg, ds, split)
-        if started_ray:
-            ray.init(include_dashboard=False, log_to_driver=False)
+        # One logical CPU per core: a teacher task is CPU-bound (more would only contend).
+        quiet = _no_bar(progress)
+        say = lambda line: quiet or print(line, file=sys.stderr)  # noqa: E731
+        started_ray = init_ray(num_cpus=os.cpu_count() or 1, log=say)
         rows = _train_and_register(name, cfg, split, ds, specs, registry, run_id, progress, timeout_s)
         seconds = time.perf_counter() - t0
         with tempfile.TemporaryDirectory(prefix="zoo-build-") as tmp:
