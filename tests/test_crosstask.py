@@ -254,7 +254,7 @@ def test_kd_loss_fn_and_rkd_loss_fn_on_the_batch_rows():
     out = net(x[idx])
     embed, _ = split_head(net)
     ref = rkd_loss(out, labels[idx], embed(x[idx]), t_embed[idx])
-    assert float(loss_fn(out, idx)) == pytest.approx(float(ref), rel=1e-6)
+    assert float(loss_fn(out, idx).detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
     with pytest.raises(RuntimeError, match="no student embedding"):
         loss_fn(out, idx)  # the embedding is used once per forward pass
     loss_fn.remove()
