@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -261,3 +262,54 @@ def test_kd_loss_fn_and_rkd_loss_fn_on_the_batch_rows():
     net(x)
     with pytest.raises(RuntimeError, match="no student embedding"):
         loss_fn(out, idx)
+
+
+# ------------------------------------------------------------------ benchmarks/reproduce_crosstask.py
+
+
+def _reproduction():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import reproduce_crosstask
+
+    return reproduce_crosstask
+
+
+def test_reproduction_windows_overlap_the_teacher_by_g():
+    """Sec. 6.1.1: windows of 5 classes, the students' shifted by 0..5 classes; the students' labelled
+    images are never the teacher's."""
+    import numpy as np
+
+    R = _reproduction()
+    labels = np.repeat(np.arange(10), 400)
+    s = R.Setting(per_class=50, teacher_per_class=100)
+    trial = R.make_trial(3, labels, s)
+    teacher = set(trial.order[:5])
+    for g in R.OVERLAPS:
+        classes = R.student_classes(trial, g)
+        assert len(set(classes)) == 5 and len(teacher & set(classes)) == g // 20
+    pool = np.concatenate(list(trial.pool.values()))
+    assert len(pool) == 500 and not set(pool) & set(trial.teacher_idx) and len(trial.teacher_idx) == 500
+    assert set(labels[trial.teacher_idx]) == teacher
+
+
+def test_reproduction_report_pairs_by_seed(tmp_path, monkeypatch):
+    R = _reproduction()
+    monkeypatch.setattr(R, "RESULTS", tmp_path)
+    monkeypatch.setattr(R, "JSONL", tmp_path / "rows.jsonl")
+    s = R.Setting(epochs=1)
+    rows = []
+    for seed, (base, ours) in enumerate([(0.80, 0.82), (0.70, 0.73), (0.90, 0.91)]):
+        for m, acc in (("none", base), ("ours-l2", ours)):
+            rows.append({"seed": seed, "g": 60, "method": m, "accuracy": acc, "shared": 3, "cost_hits": 2,
+                         "teacher_accuracy": 0.9, "setting": s.key()})  # fmt: skip
+    text = "\n".join(json.dumps(r) for r in rows) + '\n{"seed": 9, "g": 6'  # a torn last line
+    (tmp_path / "rows.jsonl").write_text(text)
+    md = R.report(s, "cmd")
+    table = json.loads((tmp_path / "reproduce-crosstask.json").read_text())["table"]
+    ours = next(e for e in table if e["method"] == "ours-l2")
+    assert ours["gain"] == pytest.approx(0.02) and ours["wins"] == 3 and ours["paired"] == 3
+    assert ours["t_p"] == pytest.approx(0.0742, abs=1e-4)  # t = 0.02 / (0.01 / sqrt(3)), 2 dof
+    assert "| 60 | ours-l2 | 3 |" in md and (tmp_path / "reproduce-crosstask.png").is_file()
