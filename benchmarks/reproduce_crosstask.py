@@ -417,15 +417,43 @@ def _plot(table: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def cost_spread(seeds: Sequence[int], s: Setting) -> str:
+    """A diagnostic of the cost variants (`--cost-spread`): per (seed, g), the mean over student classes of
+    the range of their column of M (how much the cost tells the teacher's classes apart) and the range of
+    the column means (a per-column offset, which shifts the loss's gradient, docs/assess.md)."""
+    torch.set_num_threads(1)
+    x_train, y_train = load_fashion_mnist("train")
+    spec_in = input_spec_for(x_train)
+    variants = [f"ours-{n}" for n in NORMS] + ["ours-random"]
+    lines = ["| seed | g | " + " | ".join(f"{k}: range / offset" for k in variants) + " |", "|---" * 6 + "|"]
+    for seed in seeds:
+        trial = make_trial(seed, y_train, s)
+        model, spec = teacher(trial, s, x_train, y_train, spec_in)
+        for g in OVERLAPS:
+            classes = student_classes(trial, g)
+            idx = np.concatenate([trial.pool[c] for c in classes])
+            y = torch.as_tensor(np.array([classes.index(int(v)) for v in y_train[idx]]))
+            cost = costs(model, spec, preprocess(x_train[idx], spec_in), y, WINDOW, seed)
+            spread = [float((m.max(0).values - m.min(0).values).mean()) for m in cost.values()]
+            offset = [float(np.ptp(m.mean(0).numpy())) for m in cost.values()]
+            cells = [f"{a:.3f} / {b:.3f}" for a, b in zip(spread, offset)]
+            lines.append(f"| {seed} | {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     p.add_argument("--per-class", type=int, default=Setting.per_class, help="student images per class")
     p.add_argument("--epochs", type=int, default=Setting.epochs, help="student epochs")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the JSONL")
+    p.add_argument("--cost-spread", action="store_true", help="print the cost variants' diagnostic and stop")
     args = p.parse_args(argv)
     s = Setting(per_class=args.per_class, epochs=args.epochs)
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    if args.cost_spread:
+        print(cost_spread(seeds, s))
+        return
     if not args.report_only:
         run(seeds, s)
     command = "python benchmarks/reproduce_crosstask.py" + "".join(
