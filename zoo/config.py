@@ -22,11 +22,22 @@ from typing import Any
 import yaml
 
 from zoo.artifacts import InputSpec, ModelSpec, build_net
+from zoo.assess import NORMALISATIONS
 from zoo.errors import JobError
 from zoo.train import Schedule
 from zoo.unify.recipe import Recipe
 
-__all__ = ["ConfigError", "UnifyConfig", "build_parser", "config_from_args", "load_config"]
+__all__ = [
+    "ConfigError",
+    "DistillConfig",
+    "UnifyConfig",
+    "build_distill_parser",
+    "build_parser",
+    "config_from_args",
+    "distill_config_from_args",
+    "load_config",
+    "load_distill_config",
+]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -246,42 +257,51 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in the dataclass
 
 
-def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(UnifyConfig)}
+def _fields(cls: type = UnifyConfig) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (keys with '-' read as '_'); ConfigError naming the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config PATH to a YAML file")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}"
+        )
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def _build(cls: type, path: str | Path | None, overrides: Mapping[str, Any] | None) -> Any:
+    """``cls`` (a config dataclass) from the YAML file ``path`` (if any) with the non-None
+    ``overrides`` on top; unknown keys are errors."""
+    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            data[k] = v
+    unknown = sorted(set(data) - set(_fields(cls)))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {unknown}"
+            + (f" in {path}" if path else "")
+            + f"; valid keys: {sorted(_fields(cls))}"
+        )
+    return cls(**data)
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> UnifyConfig:
     """The config in the YAML file `path` (default: configs/default.yaml when it exists), with
     `overrides` (non-None values) applied on top. Unknown keys are errors."""
-    data: dict[str, Any] = {}
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass --config PATH to a YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(
-                f"config file {path} must hold a mapping of keys to values, got {type(loaded).__name__}"
-            )
-        data.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            data[k] = v
-    unknown = sorted(set(data) - set(_fields()))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {unknown}"
-            + (f" in {path}" if path else "")
-            + f"; valid keys: {sorted(_fields())}"
-        )
-    return UnifyConfig(**data)
+    return _build(UnifyConfig, path, overrides)
 
 
 def _parse_tag(text: str) -> tuple[str, str]:
@@ -357,3 +377,174 @@ def config_from_args(argv: Sequence[str] | None = None) -> UnifyConfig:
     if tags:
         args["tags"] = dict(tags)
     return load_config(path, args)
+
+
+# ------------------------------------------------------------------------------- cross-task distillation
+DISTILL_METHODS = ("auto", "crosstask", "kd", "none")
+NO_TEACHER = "none"
+
+
+@dataclass
+class DistillConfig:
+    """Everything `jobs/distill.py` needs (cross-task distillation, paper 002 Sec. 4; docs/crosstask.md).
+
+    `teacher`: a zoo model (`name`, `name:3`, `name@alias`), or "none" for the baseline student without a
+    teacher. `task`: the student's labelled training images (an ImageFolder `task/<class>/<image>`, or a
+    Parquet file with an image and a label column); its class directories are the student's classes.
+    `val`: labelled images of the same classes for the per-epoch curve; `eval`: the final report and the
+    champion's yardstick (default: `val`). `method`: "auto" is standard KD when the teacher's classes are
+    the task's, else Eq. 11 ("crosstask"); `lam` defaults to 10 for crosstask (paper 002's CIFAR-100
+    setting) and 1 for KD."""
+
+    teacher: str | None = None
+    task: str | None = None
+    val: str | None = None
+    eval: str | None = None
+    image_column: str | None = None  # Parquet task/val/eval: the encoded images (default image/img/bytes)
+    label_column: str | None = None  # Parquet: the class names (default label/labels/class)
+    build_demo_zoo: bool = True  # a teacher of the demo zoo (fmnist-demo-t<i>) builds the zoo when absent
+    # the method (Eq. 11)
+    method: str = "auto"
+    lam: float | None = None
+    tau: float = 3.0
+    eps: float = 0.1
+    n_iter: int = 100
+    normalisation: str = "l2"  # of the cost matrix: l2 | scale | none (docs/assess.md)
+    # teacher inference
+    inference_batch_size: int = 512
+    inference_concurrency: int | None = None
+    # the student
+    name: str = "distilled"
+    arch: str = "cnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    student_input: dict[str, Any] | None = None  # InputSpec fields; default: from the task's images
+    epochs: int = 30
+    lr: float = 0.05
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    seed: int = 0
+    augment: bool = False
+    num_workers: int | None = None
+    use_gpu: bool | None = None
+    # run
+    run_dir: str | None = None  # default runs/<name>
+    force: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "distill"
+    ray_address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if not self.teacher:
+            raise ConfigError("teacher: name a zoo model (--teacher NAME[@ALIAS|:VERSION]) or 'none'")
+        if not self.task:
+            raise ConfigError("task: pass --task DIR, a labelled ImageFolder of the student's classes")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name {self.name!r}: give the student a name without '/'")
+        if self.method not in DISTILL_METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; use one of {list(DISTILL_METHODS)}")
+        if not self.has_teacher and self.method not in ("auto", "none"):
+            raise ConfigError(f"--teacher none trains without a teacher: method {self.method!r} needs one")
+        if self.has_teacher and self.method == "none":
+            raise ConfigError("method 'none' is the student without a teacher: pass --teacher none")
+        if self.normalisation not in NORMALISATIONS:
+            raise ConfigError(f"normalisation {self.normalisation!r}: use one of {list(NORMALISATIONS)}")
+        bad = [k for k in ("tau", "eps") if not 0 < getattr(self, k) < float("inf")]
+        bad += [k for k in ("n_iter", "epochs", "batch_size", "inference_batch_size") if getattr(self, k) < 1]
+        bad += ["lam"] if self.lam is not None and not 0 <= self.lam < float("inf") else []
+        if bad:
+            raise ConfigError(f"{bad}: tau, eps > 0; lam >= 0; n_iter, epochs, batch sizes >= 1")
+        try:
+            self.schedule()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def has_teacher(self) -> bool:
+        return str(self.teacher).strip().lower() != NO_TEACHER
+
+    def lam_for(self, method: str) -> float:
+        """lambda of the resolved method: the config's, else 10 (Eq. 11, CIFAR-100) or 1 (KD); 0 without."""
+        if method == "none":
+            return 0.0
+        return self.lam if self.lam is not None else (1.0 if method == "kd" else 10.0)
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, optimizer=self.optimizer,
+            weight_decay=self.weight_decay, seed=self.seed,
+        )  # fmt: skip
+
+    def student_spec(self, classes: Sequence[str], input_spec: InputSpec) -> ModelSpec:
+        """The student's network over the task's ``classes``, built once here to check it."""
+        try:
+            meta = {"role": "student"}
+            spec = ModelSpec(self.arch, list(classes), input_spec, dict(self.arch_kwargs), meta)
+            build_net(spec)
+        except ValueError as e:  # ArtifactError: unknown arch, bad kwargs or input
+            raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
+        return spec
+
+    @property
+    def run_path(self) -> Path | str:
+        """The run directory: a local path, or a URI kept as a string."""
+        if self.run_dir and "://" in self.run_dir:
+            return self.run_dir
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_distill_parser() -> argparse.ArgumentParser:
+    """`jobs/distill.py`'s command line; every flag defaults to None, so only flags given override."""
+    p = argparse.ArgumentParser(
+        prog="jobs/distill.py",
+        description="Train a student for a labelled task from a zoo teacher whose classes may differ "
+        "(cross-task distillation, paper 002 Sec. 4; docs/crosstask.md).",
+    )
+    add = p.add_argument
+    add("--config", help="YAML config file (keys as the long flags, with '_'); flags override it")
+    add("--teacher", help="the teacher: NAME, NAME:VERSION, NAME@ALIAS, or 'none' (no teacher: the baseline)")
+    add("--task", help="the student's labelled images: ImageFolder DIR/<class>/<image>, or Parquet")
+    add("--val", help="labelled images of the task's classes for the per-epoch curve")
+    add("--eval", help="labelled images of the task's classes for the final report (default: --val)")
+    add("--image-column", help="Parquet: the column of encoded images (default image/img/bytes)")
+    add("--label-column", help="Parquet: the column of class names (default label/labels/class)")
+    add("--name", help="the student's name in the registry")
+    add("--method", help="auto (KD when the label sets are equal, else crosstask), crosstask, kd, none")
+    add("--lambda", dest="lam", type=float, help="weight of the distillation term (default 10; KD 1)")
+    add("--tau", type=float, help="softmax temperature of teacher and student (default 3)")
+    add("--eps", type=float, help="entropic regularisation of the Sinkhorn distance (default 0.1)")
+    add("--n-iter", type=int, help="Sinkhorn iterations (default 100)")
+    add("--normalisation", help="of the cost matrix's class centres: l2 (default), scale, none")
+    add("--arch", help="student architecture (zoo.architectures allow-list)")
+    add("--epochs", type=int, help="student epochs")
+    add("--lr", type=float, help="student learning rate")
+    add("--batch-size", type=int, help="student batch size")
+    add("--seed", type=int, help="seed of the student")
+    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
+    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
+    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
+    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
+    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
+    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
+    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
+    return p
+
+
+def load_distill_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> DistillConfig:
+    """The distillation job's config: the YAML file ``path`` (if any) with ``overrides`` on top."""
+    return _build(DistillConfig, path, overrides)
+
+
+def distill_config_from_args(argv: Sequence[str] | None = None) -> DistillConfig:
+    """Parse `jobs/distill.py`'s command line: `--config FILE`, then flags on top."""
+    args = vars(build_distill_parser().parse_args(argv))
+    return load_distill_config(args.pop("config"), args)
