@@ -8,8 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zoo.architectures import build_model, split_head
 from zoo.assess import sinkhorn
-from zoo.crosstask import crosstask_loss, kd_loss, kd_term, rkd_angle, rkd_distance, rkd_loss, sinkhorn_term
+from zoo.crosstask import (
+    crosstask_loss,
+    crosstask_loss_fn,
+    kd_loss,
+    kd_loss_fn,
+    kd_term,
+    rkd_angle,
+    rkd_distance,
+    rkd_loss,
+    rkd_loss_fn,
+    sinkhorn_term,
+)
 
 F64 = torch.float64
 
@@ -187,3 +199,65 @@ def test_rkd_loss_gradient_reaches_the_student_only():
         rkd_loss(logits, labels, s, t, angle_weight=-1.0)
     with pytest.raises(ValueError, match="student_embed and teacher_embed must hold the same samples"):
         rkd_loss(logits, labels, s, t[:5])
+
+
+# ------------------------------------------------------------------------------ loss(out, idx) wrappers
+
+
+def test_crosstask_loss_fn_is_eq11_on_the_batch_rows():
+    student, teacher, cost, labels = problem(11, b=8)
+    idx = torch.tensor([5, 0, 3])
+    loss_fn = crosstask_loss_fn(teacher, labels, cost, lam=7.0, tau=2.0, eps=0.2, n_iter=60)
+    out = student[idx].clone().requires_grad_(True)
+    value = loss_fn(out, idx)
+    ref_out = student[idx].clone().requires_grad_(True)
+    ref = crosstask_loss(ref_out, teacher[idx], labels[idx], cost, lam=7.0, tau=2.0, eps=0.2, n_iter=60)
+    assert float(value.detach()) == pytest.approx(float(ref.detach()), abs=1e-12)
+    value.backward()
+    ref.backward()
+    torch.testing.assert_close(out.grad, ref_out.grad)
+    # lam = 0 is the no-teacher student's loss
+    plain = crosstask_loss_fn(teacher, labels, cost, lam=0.0)(student[idx], idx)
+    assert float(plain) == pytest.approx(float(F.cross_entropy(student[idx], labels[idx])), abs=1e-12)
+
+
+def test_crosstask_loss_fn_checks_its_inputs_once():
+    student, teacher, cost, labels = problem(12, b=8)
+    with pytest.raises(ValueError, match="one class index per row of teacher_logits"):
+        crosstask_loss_fn(teacher, labels[:5], cost)
+    with pytest.raises(ValueError, match=r"cost must be \[teacher classes = 4, student classes\]"):
+        crosstask_loss_fn(teacher, labels, cost.T)
+    with pytest.raises(ValueError, match="labels must be student classes 0..4"):
+        crosstask_loss_fn(teacher, torch.full_like(labels, 5), cost)
+    with pytest.raises(ValueError, match="cost must hold finite values >= 0"):
+        crosstask_loss_fn(teacher, labels, -cost)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        crosstask_loss_fn(teacher, labels, cost, eps=0.0)
+    with pytest.raises(ValueError, match="teacher_logits holds NaN"):
+        crosstask_loss_fn(torch.full_like(teacher, float("inf")), labels, cost)
+
+
+def test_kd_loss_fn_and_rkd_loss_fn_on_the_batch_rows():
+    student, teacher, _, labels = problem(13, b=8, m=5, n=5)
+    idx = torch.tensor([1, 7, 2, 4])
+    value = kd_loss_fn(teacher, labels, lam=0.5, tau=4.0)(student[idx], idx)
+    ref = kd_loss(student[idx], teacher[idx], labels[idx], lam=0.5, tau=4.0)
+    assert float(value) == pytest.approx(float(ref), abs=1e-12)
+    with pytest.raises(ValueError, match="standard KD needs equal label sets"):
+        kd_loss_fn(teacher[:, :4], labels % 4, lam=0.5)(student[idx], idx)  # 4 teacher, 5 student classes
+    # RKD reads the student's embedding off its head's input: the same as computing it separately
+    torch.manual_seed(0)
+    net = build_model("cnn", 5, in_channels=1, image_size=8, width=4, depth=2).eval()
+    x = torch.randn(8, 1, 8, 8)
+    t_embed = torch.randn(8, 6)
+    loss_fn = rkd_loss_fn(net, t_embed, labels)
+    out = net(x[idx])
+    embed, _ = split_head(net)
+    ref = rkd_loss(out, labels[idx], embed(x[idx]), t_embed[idx])
+    assert float(loss_fn(out, idx)) == pytest.approx(float(ref), rel=1e-6)
+    with pytest.raises(RuntimeError, match="no student embedding"):
+        loss_fn(out, idx)  # the embedding is used once per forward pass
+    loss_fn.remove()
+    net(x)
+    with pytest.raises(RuntimeError, match="no student embedding"):
+        loss_fn(out, idx)
