@@ -253,3 +253,45 @@ def test_list_keeps_a_students_long_tags_out_of_the_table() -> None:
     assert "role=student" in row and "method=ce" in row and "(+3 in zoo show)" in row
     assert "f" * (LIST_TAG_WIDTH + 1) not in row and len(row) < 160
     assert header.split()[-1] == "TAGS"
+
+
+def test_assess_bad_input_exit_2_before_any_compute(
+    elsewhere: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`zoo assess`: a task of one class, a missing task, NaN labels, unknown teachers or metrics, an empty
+    zoo: one line on stderr, exit 2, and no stage ran (Ray never started). The job's run is tested in
+    tests/test_assess_job.py."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zoo.data import encode_png
+
+    uri = f"sqlite:///{tmp_path / 'zoo.db'}"
+    code, _, err = cli_main(capsys, "--tracking-uri", uri, *register_args(elsewhere), "--tag", "zoo=z")
+    assert code == 0, err
+    png = encode_png(np.zeros((28, 28), np.uint8))
+    for folder, classes in (("good", ["a", "b"]), ("one", ["a"])):
+        for c in classes:
+            (tmp_path / folder / c).mkdir(parents=True)
+            (tmp_path / folder / c / "0.png").write_bytes(png)
+    pq.write_table(pa.table({"image": [png, png], "label": [0.0, float("nan")]}), tmp_path / "nan.parquet")
+    good = ["--task", str(tmp_path / "good"), "--run-dir", str(tmp_path / "run")]
+    cases = {
+        "one class only": ["--task", str(tmp_path / "one"), "--zoo", "z"],
+        "does not exist": ["--task", str(tmp_path / "nope"), "--zoo", "z"],
+        "rows have no label": ["--task", str(tmp_path / "nan.parquet"), "--zoo", "z"],
+        "unknown teacher 'nope'": [*good, "--teachers", "nope"],
+        "Teachers in the zoo: ['fmnist-a']": [*good, "--teachers", "fmnist-a,nope"],
+        "no teachers match zoo 'empty'": [*good, "--zoo", "empty"],
+        "unknown metric(s) ['accuracy']": [*good, "--zoo", "z", "--metrics", "sinkhorn,accuracy"],
+        "--top must be a positive": [*good, "--zoo", "z", "--top", "0"],
+        "--task is required": ["--zoo", "z"],
+        "not allowed with argument": [*good, "--names", "--json"],
+    }
+    for says, args in cases.items():
+        code, out, err = cli_main(capsys, "--tracking-uri", uri, "assess", *args)
+        assert code == 2, (says, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("zoo: error: ") and says in lines[0], (says, err)
+        assert "[ray]" not in out and "running" not in out, (says, out)

@@ -7,6 +7,8 @@
                  [--calibration FILE.json]
     zoo alias NAME ALIAS VERSION
     zoo rm NAME [--version V]
+    zoo assess --task DIR [--zoo NAME | --teachers a,b,c] [--metrics sinkhorn,logme,leep,nce]
+               [--top K] [--names | --json]        # rank teachers for a labelled task (jobs/assess.py)
 
 Every command takes ``--tracking-uri`` (default ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/zoo.db``).
 Exit codes: 0 success, 2 bad input (a one-line ``zoo: error: ...`` on stderr), 1 any other failure.
@@ -15,13 +17,15 @@ Exit codes: 0 success, 2 bad input (a one-line ``zoo: error: ...`` on stderr), 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -183,7 +187,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", help="delete a model (all versions) or one version", parents=[common])
     p.add_argument("name")
     p.add_argument("--version", type=int, help="delete only this version")
+
+    p = sub.add_parser(
+        "assess", help="rank the zoo's teachers for a labelled task (paper 002)", parents=[common]
+    )
+    add_assess_arguments(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--names", action="store_true", help="print only the ranked names, comma-separated")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
+
+
+def add_assess_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the assess job, shared by `zoo assess` and jobs/assess.py."""
+    p.add_argument("--task", help="labelled ImageFolder DIR/<class>/<image>, or a Parquet file")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
+        "--zoo", default="fmnist-demo", help="assess every teacher of this zoo (default %(default)s)"
+    )
+    who.add_argument("--teachers", help="assess these teachers only: a,b:3,c@champion")
+    p.add_argument(
+        "--metrics",
+        help="comma list of sinkhorn, logme, leep, nce; the first ranks (default: all four, in that order)",
+    )
+    p.add_argument(
+        "--top", type=int, metavar="K", help="keep the K best teachers in 'top' / --names (default all)"
+    )
+    p.add_argument("--run-dir", help="run directory (default runs/assess-<task name>)")
+    p.add_argument("--force", action="store_true", help="recompute every stage (cached teacher outputs too)")
+    p.add_argument(
+        "--label-column", default="label", help="a Parquet task's label column (default %(default)s)"
+    )
+    p.add_argument("--image-column", help="a Parquet task's image column (default: image, img or bytes)")
+    p.add_argument("--tau", type=float, default=3.0, help="the Sinkhorn score's temperature (paper: 3)")
+    p.add_argument(
+        "--eps", type=float, default=0.1, help="the Sinkhorn distance's entropic weight (paper: 0.1)"
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip ranking.png")
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -370,11 +410,54 @@ def cmd_rm(registry: Any, args: argparse.Namespace) -> None:
     )
 
 
-COMMANDS = {"list": cmd_list, "show": cmd_show, "register": cmd_register, "alias": cmd_alias, "rm": cmd_rm}
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While the block runs, whatever is written to stdout goes to stderr, Python's prints and the
+    file descriptor that Ray's processes inherit alike, so that stdout holds only the answer."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def cmd_assess(registry: Any, args: argparse.Namespace) -> None:
+    """The assess job (zoo.pipeline.assess.run_assess; Ray starts only for teachers not cached yet).
+    With --names or --json the progress and the table go to stderr and stdout holds only the answer."""
+    from zoo.pipeline.assess import AssessConfig, run_assess
+
+    args.tracking_uri = registry.tracking_uri
+    cfg = AssessConfig.from_args(args)
+    quiet = args.names or args.json
+    with _stdout_to_stderr() if quiet else contextlib.nullcontext():
+        result = run_assess(cfg, log=lambda line: print(line, file=sys.stderr if quiet else sys.stdout))
+    if args.names:
+        print(",".join(result.top()))
+    elif args.json:
+        _print_json(result.to_dict())
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "register": cmd_register,
+    "alias": cmd_alias,
+    "rm": cmd_rm,
+    "assess": cmd_assess,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "assess":  # a job: its quiet console comes before Ray and MLflow are imported
+        from zoo.pipeline.console import quiet_console
+
+        quiet_console()
     import mlflow  # noqa: F401  (after parsing: --help stays fast)
 
     from zoo.registry import ModelNotFound, Registry

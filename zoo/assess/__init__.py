@@ -6,6 +6,7 @@ distillation (Sec. 4). Pure tensor functions: no Ray, no MLflow, no files.
     M = cost_matrix(head, centres, normalisation="l2")                             # Eq. 7-8
     sinkhorn_score(features, teacher_logits, labels, head)                         # Alg. 4, -Eq. 24
     leep(source_probs, labels); nce(source_labels, labels); logme(features, labels) # baselines
+    score_teacher(name, logits, labels, features=f, head=w); rank_teachers(results, metrics)  # a zoo
 
 Every score is higher-is-better. One method per file; see docs/assess.md.
 """
@@ -17,18 +18,25 @@ from .fictitious import FictitiousStudent, fit_fictitious_student
 from .leep import leep
 from .logme import logme
 from .nce import nce
+from .ranking import METRICS, TeacherScores, parse_metrics, rank_teachers, ranks, score_teacher
 from .sinkhorn import sinkhorn
 from .sinkhorn_score import sinkhorn_score
 
 __all__ = [
+    "METRICS",
     "NORMALISATIONS",
     "FictitiousStudent",
+    "TeacherScores",
     "class_centres",
     "cost_matrix",
     "fit_fictitious_student",
     "leep",
     "logme",
     "nce",
+    "parse_metrics",
+    "rank_teachers",
+    "ranks",
+    "score_teacher",
     "sinkhorn",
     "sinkhorn_score",
 ]

@@ -437,14 +437,20 @@ def inference_stage(
     *,
     features: bool = False,
     start_ray: Callable[[], Any] | None = None,
+    out_dir: str | None = None,
     **options: Any,
 ) -> StageResult:
     """Stage: `<run>/logits.parquet` (and with ``features`` `<run>/features.parquet`) from the
     transfer set, redone when the teachers (name, version), the transfer set's content or the label
     space change, or when features are asked for and not up to date. ``start_ray`` is called first
-    when the stage runs (Ray starts only when needed); ``options`` go to `run_teacher_inference`."""
+    when the stage runs (Ray starts only when needed); ``options`` go to `run_teacher_inference`.
+    ``out_dir``: a subdirectory of the run directory for the two files instead of the run directory
+    itself, so that inferences cached separately live side by side (the assess job keeps one per
+    teacher: a teacher added later does not recompute the others)."""
     fp = fingerprint("inference", VERSION, [t.lineage() for t in teachers], transfer.value, space.to_dict())
-    stale_features = features and read_fingerprint(run.features) != fp
+    logits_path = run.logits if out_dir is None else run.path(out_dir, "logits.parquet")
+    features_path = run.features if out_dir is None else run.path(out_dir, "features.parquet")
+    stale_features = features and read_fingerprint(features_path) != fp
 
     def compute() -> None:
         if start_ray is not None:
@@ -453,13 +459,14 @@ def inference_stage(
             transfer.path,
             teachers,
             space,
-            run.logits,
-            features_path=run.features if features else None,
+            logits_path,
+            features_path=features_path if features else None,
             fingerprint=fp,
             **options,
         )
 
-    return run_stage("inference", run.logits, fp, compute, force=run.force or stale_features, log=run.log)
+    name = "inference" if out_dir is None else f"inference {out_dir}"
+    return run_stage(name, logits_path, fp, compute, force=run.force or stale_features, log=run.log)
 
 
 def read_logits(path: PathLike) -> LogitsFile:
