@@ -140,6 +140,7 @@ class AKTResult:
     n_source: int
     accuracy: float
     metric: str  # eval_accuracy (on --eval) or target_accuracy (on the labelled target images)
+    warmup_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     registered: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
@@ -169,7 +170,7 @@ def run_akt(cfg: AKTJobConfig, log: Callable[[str], None] = print) -> AKTResult:
         res = AKTResult(
             name=cfg.name, method=cfg.method, classes=inp.classes, n_target=len(inp.target),
             n_source=value.get("n_source", 0), accuracy=accuracy, metric=metric,
-            history=value.get("history", []), run_dir=str(s.run.display),
+            warmup_epochs=inp.akt.warmup_epochs, history=value.get("history", []), run_dir=str(s.run.display),
             mlflow_run_id=value.get("mlflow_run_id"), tracking_uri=s.tracking_uri,
         )  # fmt: skip
         eval_fp = (inp.eval_set or inp.target).fingerprint()
@@ -411,14 +412,16 @@ def format_summary(res: AKTResult, rows: int = 25) -> str:
             if any(k in h for h in res.history)]  # fmt: skip
     step = max(1, -(-len(res.history) // rows))
     shown = [h for i, h in enumerate(res.history) if i % step == 0 or i == len(res.history) - 1]
+    warmup = f"; warm-up {res.warmup_epochs} epochs (M on the target alone)" if res.warmup_epochs else ""
     lines = [
         "", RULE,
         f"AKT classifier {res.name!r} ({res.method}): {len(res.classes)} classes {res.classes}",
-        f"target {res.n_target} labelled images, source {res.n_source} unlabelled images", THIN,
+        f"target {res.n_target} labelled images, source {res.n_source} unlabelled images{warmup}", THIN,
         f"{'epoch':>5} " + "".join(f"{k:>15}" for k in keys),
     ]  # fmt: skip
-    for h in shown:
-        lines.append(f"{int(h['epoch']) + 1:>5} " + "".join(f"{h.get(k, float('nan')):>15.4f}" for k in keys))
+    for h in shown:  # "-": no game in that epoch (the warm-up, or a method without one)
+        cells = "".join(f"{h[k]:>15.4f}" if k in h else f"{'-':>15}" for k in keys)
+        lines.append(f"{int(h['epoch']) + 1:>5} {cells}")
     reg = res.registered or {}
     what = "on --eval" if res.metric == "eval_accuracy" else "on its own labelled target images (no --eval)"
     lines += [
