@@ -141,7 +141,7 @@ class _PlainEpochs:
     data: TrainingData
     schedule: Schedule
     augment: bool
-    progress: tuple[str, ...] = ("train_loss", "eval_accuracy")
+    progress: tuple[str, ...] = ("train_loss", "val_accuracy", "eval_accuracy")
 
     def check(self) -> None:
         self.data.check()
@@ -343,6 +343,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     loaded = data.load(spec.input, device)
     evals = _eval_tensors(config["eval_set"], spec.input, device) if rank == 0 else None
+    vals = _eval_tensors(config["val_set"], spec.input, device) if rank == 0 else None
     last_ckpt = time.perf_counter()
     # stdout: a bar on stderr has no newline and gets glued to Ray's own lines (zoo.pipeline.console).
     bar = tqdm(
@@ -354,12 +355,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1 and not isinstance(data, _PlainEpochs):
             _broadcast_floats(bare, "buffers")
         seconds = time.perf_counter() - t0
+        scores = {}
+        if evals is not None:
+            scores["eval_accuracy"] = evaluate(data.network(bare), *evals)
+        if vals is not None:
+            scores["val_accuracy"] = evaluate(data.network(bare), *vals)
+        stop = rank == 0 and _plateaued(state, scores, epoch, config["patience"])
         if every.every_epochs:
             periodic = (epoch + 1) % every.every_epochs == 0
         else:
             periodic = time.perf_counter() - last_ckpt >= every.every_s
-        due = periodic or epoch + 1 == schedule.epochs or not math.isfinite(metrics["train_loss"])
-        *sums, due_votes = _agree([*metrics.values(), float(due)], device, world)
+        due = periodic or stop or epoch + 1 == schedule.epochs or not math.isfinite(metrics["train_loss"])
+        *sums, due_votes, stop_votes = _agree([*metrics.values(), float(due), float(stop)], device, world)
         metrics = {k: v / world for k, v in zip(metrics, sums)}  # every rank: the same means
         samples = metrics.pop("samples")
         metrics = {
@@ -367,13 +374,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **metrics,
             "epoch_time_s": seconds,
             "samples_per_s": samples * world / seconds,
+            **scores,
         }
-        if evals is not None:
-            metrics["eval_accuracy"] = evaluate(data.network(bare), *evals)
         state["history"].append(metrics)
         state["epoch"] = epoch
         state["compute_s"] = state.get("compute_s", 0.0) + seconds
-        stopped = data.stop(state["history"])
+        stopped = data.stop(state["history"])  # a reason: the run ends as diverged
         if stopped:
             state["stopped"] = stopped
         shown = {k: round(v, 4) for k, v in metrics.items() if k in data.progress}
@@ -384,7 +390,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last_ckpt = time.perf_counter()
         if stopped or not math.isfinite(metrics["train_loss"]):
             break  # every rank sees the same history; the driver raises StudentDiverged
+        if stop_votes > 0:
+            break  # the stop rule (rank 0 decides, every rank follows)
     bar.close()
+
+
+EVALUATIONS = 25  # per-epoch curves: at most this many points a run
+EVAL_SAMPLE = 2000  # images of an evaluation set scored between the first and the last epoch
+
+
+def _evaluates(epoch: int, epochs: int) -> bool:
+    """Whether the workers score the evaluation sets after ``epoch``: every epoch of a short run, about
+    `EVALUATIONS` times in a long one (400 transfer images get ~190 epochs of a few steps each: scoring
+    thousands of images after every one of them would cost more than the training), always the last."""
+    return (epoch + 1) % max(1, math.ceil(epochs / EVALUATIONS)) == 0 or epoch + 1 == epochs
+
+
+def _accuracy(model: torch.nn.Module, labelled: tuple[torch.Tensor, torch.Tensor], whole: bool) -> float:
+    """Top-1 accuracy on the set, or on its first `EVAL_SAMPLE` images (a seeded shuffle, made once)
+    for an intermediate point of the curve; the last epoch is scored on the whole set."""
+    images, labels = labelled
+    return (
+        evaluate(model, images, labels)
+        if whole
+        else evaluate(model, images[:EVAL_SAMPLE], labels[:EVAL_SAMPLE])
+    )
+
+
+def _plateaued(state: dict[str, Any], metrics: dict[str, Any], epoch: int, patience: int | None) -> bool:
+    """The stop rule: the validation accuracy has not improved for ``patience`` epochs (never without
+    a validation set or a patience). Its record lives in the checkpointed state, so a resumed run
+    keeps counting."""
+    if patience is None or "val_accuracy" not in metrics:
+        return False
+    if metrics["val_accuracy"] > state.get("best_val_accuracy", -1.0):
+        state.update(best_val_accuracy=metrics["val_accuracy"], best_epoch=epoch)
+        return False
+    if epoch - state["best_epoch"] >= patience:
+        state["stopped_early_at"] = epoch
+        return True
+    return False
 
 
 def _eval_tensors(
@@ -393,6 +438,10 @@ def _eval_tensors(
     if ref is None:
         return None
     images, labels = ray.get(ref)
+    # Shuffled once (seeded), so the first EVAL_SAMPLE images are a fair sample of every class.
+    order = np.random.default_rng(0).permutation(len(labels))
+    images = images[order] if isinstance(images, np.ndarray) else [images[i] for i in order]
+    labels = np.asarray(labels)[order]
     # A copy: arrays from the object store are read-only, and torch warns on those.
     return preprocess(images, spec).to(device), torch.tensor(
         np.array(labels), dtype=torch.int64, device=device
@@ -472,6 +521,8 @@ def train_network(
     storage_path: PathLike,
     run_name: str,
     eval_set: LabelledSet | None = None,
+    val_set: LabelledSet | None = None,
+    patience: int | None = None,
     augment: bool = False,
     checkpointing: Checkpointing = Checkpointing(),
     num_workers: int | None = None,
@@ -483,21 +534,21 @@ def train_network(
 ) -> TrainResult:
     """Train ``spec``'s network on ``data`` with ``schedule`` on Ray Train and save it in the zoo's
     format under ``<storage_path>/<run_name>/<output_name>/`` (with ``spec``'s metadata and the metrics);
-    needs a running Ray. Per-epoch metrics (train loss, accuracy on ``eval_set`` when given; every
-    metric of an `EpochTraining`) go to the MLflow run ``mlflow_run_id`` when given, as
-    ``<mlflow_prefix>.<metric>``. See the module docstring for checkpoints and resuming."""
+    needs a running Ray. Per-epoch metrics (train loss, accuracy on ``eval_set`` and on ``val_set`` when
+    given; every metric of an `EpochTraining`) go to the MLflow run ``mlflow_run_id`` when given, as
+    ``<mlflow_prefix>.<metric>``. The stop rule: with ``val_set`` and ``patience``, training stops once
+    the validation accuracy has not improved for ``patience`` epochs (the last epoch's weights are
+    kept). See the module docstring for checkpoints and resuming."""
     if not ray.is_initialized():
         raise RuntimeError(
             "train_network needs a running Ray: call ray.init() (or ray.init(address=...)) first"
         )
     if len(spec.classes) < 2:
         raise ValueError(f"a network needs at least 2 classes, got {spec.classes}")
-    if (
-        eval_set is not None
-        and len(eval_set)
-        and (eval_set.labels.min() < 0 or eval_set.labels.max() >= len(spec.classes))
-    ):
-        raise ValueError(f"eval_set labels must be indices into the {len(spec.classes)} classes")
+    for name, labelled in (("eval_set", eval_set), ("val_set", val_set)):
+        if labelled is not None and len(labelled):
+            if labelled.labels.min() < 0 or labelled.labels.max() >= len(spec.classes):
+                raise ValueError(f"{name} labels must be indices into the {len(spec.classes)} classes")
     if augment and hasattr(data, "train_epoch"):
         raise ValueError("augment applies to a TrainingData of images and a batch loss, not an EpochTraining")
     data.check()  # fail fast on the driver: the workers would fail the same way, after ~20 s
@@ -525,6 +576,8 @@ def train_network(
             "config_fingerprint": fp,
             # Through the object store: shipped once per node, not pickled into the run's config.
             "eval_set": None if eval_set is None else ray.put((eval_set.images, eval_set.labels)),
+            "val_set": None if val_set is None else ray.put((val_set.images, val_set.labels)),
+            "patience": patience,
             "run_dir": run_dir,
             "threads": threads,
         },
@@ -591,9 +644,14 @@ def _finish(result, spec, schedule, data: EpochTraining, run, output_name, mlflo
         "samples_per_s": float(np.median(steady)) if steady else None,
         "attempt_start_epochs": state.get("attempt_start_epochs", []),
     }
-    if "eval_accuracy" in last:
-        metrics["eval_accuracy"] = last["eval_accuracy"]
-    kept = {k: v for k, v in metrics.items() if k in ("train_loss", "eval_accuracy", "epochs")}
+    for key in ("eval_accuracy", "val_accuracy"):
+        if key in last:
+            metrics[key] = last[key]
+    if "stopped_early_at" in state:
+        metrics["stopped_early_at"] = state["stopped_early_at"]
+    kept = {
+        k: v for k, v in metrics.items() if k in ("train_loss", "eval_accuracy", "val_accuracy", "epochs")
+    }
     # `accuracy` is what the registry shows for every zoo model.
     kept.update({"accuracy": metrics["eval_accuracy"]} if "eval_accuracy" in metrics else {})
     spec = replace(spec, metadata={**spec.metadata, "metrics": {**spec.metadata.get("metrics", {}), **kept}})
@@ -628,7 +686,7 @@ def _log_to_mlflow(tracking_uri, run_id, prefix, spec, schedule, data, history, 
     existing = client.get_run(run_id).data.params
     new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
     now = int(time.time() * 1000)
-    curves = ("train_loss", "eval_accuracy", "samples_per_s", "epoch_time_s")
+    curves = ("train_loss", "eval_accuracy", "val_accuracy", "samples_per_s", "epoch_time_s")
     if not isinstance(data, _PlainEpochs):  # an EpochTraining's own metrics: every one is a curve
         curves = sorted({k for h in history for k in h} - {"epoch"})
     metrics = [
