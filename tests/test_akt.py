@@ -17,17 +17,22 @@ from zoo.akt import (
     AKTConfig,
     AKTNets,
     akt_discriminator_loss,
+    akt_epoch,
+    akt_nets_for,
     akt_step,
     build_akt_nets,
     check_divergence,
     classifier_loss,
     copy_head,
     discriminator_loss,
+    epoch_batches,
     generator_loss,
     make_optimisers,
     pseudo_labels,
 )
 from zoo.architectures import build_model
+from zoo.artifacts import InputSpec, ModelSpec
+from zoo.train import Schedule
 
 NUM_CLASSES = 3
 SHAPE = (1, 8, 8)
@@ -248,6 +253,57 @@ def test_pseudo_labels_and_eq6() -> None:
     soft_loss = classifier_loss(m_t, y_t, m_s, soft, None, lambda_s=1.0)
     assert torch.allclose(soft_loss.source, -(soft * m_s.log_softmax(1)).sum(1).mean())
     assert classifier_loss(m_t, y_t).source is None
+
+
+# ------------------------------------------------------------------------------------- an epoch
+
+
+@pytest.mark.parametrize("n_t,n_s,world", [(10, 37, 1), (37, 10, 1), (10, 37, 2), (5, 0, 1), (7, 7, 3)])
+def test_epoch_batches_pass_over_the_larger_set_and_cycle_the_smaller(n_t: int, n_s: int, world: int) -> None:
+    shards = [epoch_batches(n_t, n_s, 8, seed=1, epoch=2, world=world, rank=r) for r in range(world)]
+    assert len({len(b) for b in shards}) == 1  # every rank takes as many steps (DDP would wait forever)
+    for n, k in ((n_t, 0), (n_s, 1)):
+        if n == 0:
+            assert all(s is None for b in shards for _, s in b)
+            continue
+        seen = torch.cat([pair[k] for b in shards for pair in b])
+        assert set(seen.tolist()) == set(range(n))  # every image of both sets in an epoch
+        for b in shards:
+            sizes = {len(pair[k]) for pair in b}
+            assert len(sizes) == 1 and all(len(set(pair[k].tolist())) == len(pair[k]) for pair in b)
+    larger = max(n_t, n_s)
+    assert len(shards[0]) == math.ceil(math.ceil(larger / world) / math.ceil(8 / world))
+    again = epoch_batches(n_t, n_s, 8, seed=1, epoch=2, world=world, rank=0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again, shards[0]))  # a function of (seed, epoch)
+    other = epoch_batches(n_t, n_s, 8, seed=1, epoch=3, world=world, rank=0)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(other, shards[0]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_akt_epoch_runs_the_steps_and_the_schedule(method: str) -> None:
+    spec = ModelSpec("cnn", ["a", "b", "c"], InputSpec(*SHAPE, (0.0,), (1.0,)), {"width": 4, "depth": 2})
+    torch.manual_seed(0)
+    nets = akt_nets_for(spec, (16, 8))
+    assert tuple(nets.input_shape) == SHAPE and nets.num_classes == 3
+    cfg = AKTConfig(method=method, warmup_epochs=0 if method == "scratch" else 1, d_hidden=(16, 8))
+    opt = make_optimisers(nets, cfg)
+    schedule = Schedule(epochs=4, lr=cfg.lr_m, batch_size=6, lr_step_at=0.75, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    x_t, y_t = torch.randn(12, *SHAPE, generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    x_s = torch.randn(18, *SHAPE, generator=gen)
+    history = [akt_epoch(nets, opt, x_t, y_t, x_s, cfg, schedule, epoch=e) for e in range(4)]
+    assert all(h["iterations"] == 3 for h in history)  # ceil(18 / 6): one pass over the source
+    assert [h["lr"] for h in history] == pytest.approx([0.01, 0.01, 0.01, 0.001])
+    assert opt.m.param_groups[0]["lr"] == pytest.approx(0.001)
+    if opt.g is not None:  # G's rate steps with M's; the discriminators' does not (the paper)
+        assert opt.g.param_groups[0]["lr"] == pytest.approx(0.001)
+        assert opt.d.param_groups[0]["lr"] == cfg.lr_d
+    assert history[0]["samples"] == 18 and history[0]["train_loss"] == history[0]["loss_m"]  # warm-up/scratch
+    uses = method != "scratch"
+    assert history[-1]["samples"] == (36 if uses else 18) and ("agreement" in history[-1]) == uses
+    assert all(math.isfinite(v) for h in history for v in h.values())
+    with pytest.raises(ValueError, match="needs source images"):
+        akt_epoch(nets, opt, x_t, y_t, None, AKTConfig(method="akt", d_hidden=(16, 8)), schedule, epoch=0)
 
 
 # ------------------------------------------------------------------------------------ divergence

@@ -548,3 +548,120 @@ def distill_config_from_args(argv: Sequence[str] | None = None) -> DistillConfig
     """Parse `jobs/distill.py`'s command line: `--config FILE`, then flags on top."""
     args = vars(build_distill_parser().parse_args(argv))
     return load_distill_config(args.pop("config"), args)
+
+
+# ------------------------------------------------------------------------------- the AKT job (paper 003)
+@dataclass
+class AKTJobConfig:
+    """Everything `jobs/akt.py` needs (docs/akt.md, "The job"): a labelled target ImageFolder, an
+    unlabelled source (a directory of images or Parquet, `zoo.pipeline.transfer`), the method and its
+    options (`zoo.akt.AKTConfig`: defaults are the paper's, but the warm-up), the network, the schedule.
+    Loaded like the main job's config (`coerce`): YAML keys as the fields, flags on top."""
+
+    target: str = ""  # labelled ImageFolder: target/<class>/**/<image>
+    source: str | None = None  # unlabelled images (any depth) or Parquet; only scratch runs without
+    name: str = ""  # the registered classifier
+    eval: str | None = None  # labelled ImageFolder of the target classes (else: the target's own accuracy)
+    image_column: str | None = None  # the source Parquet's image column
+    id_column: str | None = None
+    source_limit: int | None = None  # use only the first N source images
+    method: str = "akt"  # scratch | pseudo-label | akt-di | akt
+    arch: str = "cnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 64  # per domain: this many target and this many source images per iteration
+    lr_step_at: float = 0.75  # M's and G's lr x0.1 from this fraction of the epochs (paper: after 75)
+    warmup_epochs: int | None = None  # default: half the epochs (docs/akt.md); 0: the paper
+    lr_m: float = 0.01
+    lr_g: float = 0.01
+    lr_d: float = 0.001
+    lambda_di: float = 1.0
+    lambda_dg: float = 1.0
+    lambda_s: float = 1.0
+    d_steps: int = 2
+    copy_every: int = 1
+    pseudo_labels: str = "hard"
+    confidence_threshold: float = 0.0
+    seed: int = 0
+    zoo: str | None = None  # also tag the classifier zoo=<name>, so `jobs/unify.py --zoo <name>` takes it
+    num_workers: int | None = None
+    use_gpu: bool | None = None
+    run_dir: str | None = None  # default runs/<name>
+    force: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "akt"
+    ray_address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        for key, what in (("target", "--target DIR, a labelled ImageFolder"), ("name", "--name NAME")):
+            if not getattr(self, key):
+                raise ConfigError(f"{key} is required: pass {what}")
+        if "/" in self.name:
+            raise ConfigError(f"name {self.name!r}: give the classifier a name without '/'")
+        if self.source is None and self.method != "scratch":
+            raise ConfigError(f"method {self.method!r} needs unlabelled source images: pass --source DIR")
+        if self.source_limit is not None and self.source_limit < 1:
+            raise ConfigError(f"source_limit must be >= 1, got {self.source_limit}")
+        try:  # the method's options and the schedule validate themselves: a bad value stops here, named
+            warmup = self.akt().warmup_epochs
+            self.schedule()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.method != "scratch" and warmup >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs {warmup} >= epochs {self.epochs}: the source would never be used; "
+                "lower --warmup-epochs or raise --epochs"
+            )
+
+    def akt(self) -> Any:
+        """The method and its options (`zoo.akt.AKTConfig`, validated); warm-up default: epochs // 2."""
+        from zoo.akt import AKTConfig  # here: the main job's config does not need the AKT library
+
+        warmup = self.epochs // 2 if self.warmup_epochs is None else self.warmup_epochs
+        names = ("lambda_di", "lambda_dg", "lambda_s", "d_steps", "copy_every", "lr_m", "lr_g", "lr_d")
+        return AKTConfig(
+            method=self.method,
+            warmup_epochs=0 if self.method == "scratch" else warmup,
+            pseudo_labels=self.pseudo_labels,
+            confidence_threshold=self.confidence_threshold,
+            **{k: getattr(self, k) for k in names},
+        )
+
+    def schedule(self) -> Schedule:
+        """Epochs, batch size, seed and the lr step of M and G (`zoo.akt.akt_epoch` reads it)."""
+        cfg = self.akt()
+        return Schedule(
+            epochs=self.epochs, lr=cfg.lr_m, batch_size=self.batch_size, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, lr_step_at=self.lr_step_at, seed=self.seed,
+        )  # fmt: skip
+
+    def classifier_spec(self, classes: Sequence[str], input_spec: InputSpec) -> ModelSpec:
+        """M's network (G has the same): the configured architecture over the target's classes."""
+        try:
+            spec = ModelSpec(
+                self.arch, list(classes), input_spec, dict(self.arch_kwargs), {"role": "teacher"}
+            )
+            build_net(spec)
+        except ValueError as e:
+            raise ConfigError(f"classifier: {e}; fix --arch / arch_kwargs") from None
+        return spec
+
+    @property
+    def run_path(self) -> Path | str:
+        if self.run_dir and "://" in self.run_dir:
+            return self.run_dir
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_akt_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> AKTJobConfig:
+    """The AKT job's config: the YAML file `path` (optional) with `overrides` (non-None values) on top."""
+    return _build(AKTJobConfig, path, overrides)

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from zoo.architectures import build_model, split_head
+from zoo.artifacts import ModelSpec, build_net
 
 from .discriminators import GroupDiscriminator, InstanceDiscriminator
 
-__all__ = ["AKTNets", "build_akt_nets", "copy_head"]
+__all__ = ["AKTNets", "akt_nets_for", "build_akt_nets", "copy_head"]
 
 
 def _check_same_architecture(m: nn.Module, g: nn.Module) -> None:
@@ -117,3 +118,10 @@ def build_akt_nets(
     g = build_model(arch, num_classes, in_channels, image_size, **arch_kwargs)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     return AKTNets(m, g, (in_channels, *size), d_hidden)
+
+
+def akt_nets_for(spec: ModelSpec, d_hidden: Sequence[int] = (512, 256, 128)) -> AKTNets:
+    """M and G as the network of ``spec`` (`zoo.artifacts.build_net`, the one way the product builds a
+    network; M is what gets saved under that spec), D_I and D_G; the images are the spec's input."""
+    shape = (spec.input.channels, spec.input.height, spec.input.width)
+    return AKTNets(build_net(spec), build_net(spec), shape, d_hidden)

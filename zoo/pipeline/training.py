@@ -8,7 +8,10 @@ network from its spec (`zoo.artifacts.build_net`, seeded: the same initial weigh
 a trial, paper 001 Sec. 4.1.1), load what they train on once (``data.load``: images on the device and
 the loss of a batch, `zoo.train.LossFn`), and run `zoo.train.train_epoch` on their rank's share of
 `zoo.train.epoch_order(seed, epoch)`. Any job's trainer is a `TrainingData` (the unified student's is
-`StudentData`; cross-task distillation and multi-label distillation bring their own).
+`StudentData`; cross-task distillation and multi-label distillation bring their own). A trainer with
+several networks and its own step (AKT: M, G and two discriminators) is an `EpochTraining`: it builds
+its module and optimisers and trains an epoch itself; the runner does the rest the same way (checkpoints
+of the module and every optimiser, resume, data-parallel workers, reports, MLflow curves).
 
 Checkpoints (weights in safetensors, optimiser state, epoch and the metrics history) go to
 ``<storage>/<run_name>/checkpoint_*`` when ``checkpointing`` says (every k epochs, or once some
@@ -67,6 +70,7 @@ from zoo.unify.recipe import Recipe, make_loss
 
 __all__ = [
     "Checkpointing",
+    "EpochTraining",
     "StudentData",
     "StudentDiverged",
     "TrainResult",
@@ -99,6 +103,78 @@ class TrainingData(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What defines the training beyond the spec and schedule (logged as params, fingerprinted)."""
+
+
+class EpochTraining(TrainingData, Protocol):
+    """A TrainingData with its own module, optimisers and epoch (e.g. `zoo.pipeline.akt.AKTData`);
+    `train_network` takes this path when the data has ``train_epoch``. The runner checkpoints the
+    module's one state_dict and every optimiser, averages gradients over data-parallel workers (a hook
+    before each optimiser step), agrees the metrics over ranks, reports, and logs every metric."""
+
+    progress: tuple[str, ...]  # the metrics the progress bar shows after each epoch
+
+    def build(self, spec: ModelSpec) -> tuple[torch.nn.Module, dict[str, torch.optim.Optimizer]]:
+        """The module to train (one state_dict) and its optimisers by name; no data (the driver calls
+        it too, to rebuild the trained network from the last checkpoint)."""
+
+    def load(self, spec: InputSpec, device: torch.device) -> Any:  # type: ignore[override]
+        """On a worker, once: what ``train_epoch`` trains on, on ``device``."""
+
+    def train_epoch(
+        self, module: torch.nn.Module, optimisers: dict, data: Any, epoch: int, rank: int, world: int
+    ) -> dict[str, float]:
+        """One epoch on this rank's share; the metrics hold ``train_loss`` and ``samples`` (images)."""
+
+    def stop(self, history: list[dict[str, Any]]) -> str | None:
+        """After each epoch (the same history on every rank): why to stop now (the run then ends as
+        diverged, `StudentDiverged`), or None."""
+
+    def network(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The network of the spec inside ``module``: evaluated after each epoch, saved at the end."""
+
+
+@dataclass(frozen=True)
+class _PlainEpochs:
+    """A TrainingData of images and a batch loss as an EpochTraining: one network, one optimiser, the
+    schedule's lr and `zoo.train.train_epoch` on this rank's `epoch_order`."""
+
+    data: TrainingData
+    schedule: Schedule
+    augment: bool
+    progress: tuple[str, ...] = ("train_loss", "val_accuracy", "eval_accuracy")
+
+    def check(self) -> None:
+        self.data.check()
+
+    def describe(self) -> dict[str, Any]:
+        return self.data.describe()
+
+    def build(self, spec: ModelSpec) -> tuple[torch.nn.Module, dict[str, torch.optim.Optimizer]]:
+        net = build_net(spec)
+        return net, {"model": self.schedule.make_optimizer(net.parameters())}
+
+    def load(self, spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, LossFn]:
+        return self.data.load(spec, device)
+
+    def train_epoch(self, module, optimisers, data, epoch: int, rank: int, world: int) -> dict[str, float]:
+        (images, loss_fn), opt, seed = data, optimisers["model"], self.schedule.seed
+        lr = self.schedule.set_lr(opt, epoch)
+        order = epoch_order(len(images), seed, epoch, world, rank)
+        gen = augment_generator(seed, epoch, rank) if self.augment else None
+        loss = train_epoch(
+            module, opt, images, loss_fn, order, math.ceil(self.schedule.batch_size / world), gen
+        )
+        return {"train_loss": loss, "lr": lr, "samples": len(images)}
+
+    def stop(self, history: list[dict[str, Any]]) -> None:
+        return None
+
+    def network(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
+def _epochs(data: TrainingData, schedule: Schedule, augment: bool) -> EpochTraining:
+    return data if hasattr(data, "train_epoch") else _PlainEpochs(data, schedule, augment)
 
 
 @dataclass(frozen=True)
@@ -144,25 +220,36 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------- worker
-def _save_checkpoint(directory: Path, model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    directory: Path, model: torch.nn.Module, optimizers: dict, state: dict[str, Any]
+) -> None:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         directory / CHECKPOINT_WEIGHTS,
     )
-    torch.save(optimizer.state_dict(), directory / CHECKPOINT_OPTIMIZER)
+    torch.save({k: o.state_dict() for k, o in optimizers.items()}, directory / CHECKPOINT_OPTIMIZER)
     (directory / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
-def _restore(model: torch.nn.Module, optimizer, config: dict[str, Any]) -> dict[str, Any]:
-    """Resume from the run's last checkpoint (weights, optimiser, state) when there is one; record
+def _load_checkpoint(directory: Path, model: torch.nn.Module, optimizers: dict) -> dict[str, Any]:
+    """Weights and optimisers (by name) from ``directory`` into ``model`` and ``optimizers``; the state."""
+    model.load_state_dict(load_file(str(directory / CHECKPOINT_WEIGHTS)))
+    saved = torch.load(directory / CHECKPOINT_OPTIMIZER, weights_only=True)
+    if "param_groups" in saved:  # a checkpoint of one optimiser, written before they were named
+        saved = {"model": saved}
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved[name])
+    return json.loads((directory / CHECKPOINT_STATE).read_text())
+
+
+def _restore(model: torch.nn.Module, optimizers: dict, config: dict[str, Any]) -> dict[str, Any]:
+    """Resume from the run's last checkpoint (weights, optimisers, state) when there is one; record
     this attempt's start epoch."""
     state: dict[str, Any] = {"epoch": -1, "history": [], "attempt_start_epochs": []}
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
-            model.load_state_dict(load_file(str(Path(d) / CHECKPOINT_WEIGHTS)))
-            optimizer.load_state_dict(torch.load(Path(d) / CHECKPOINT_OPTIMIZER, weights_only=True))
+            state = _load_checkpoint(Path(d), model, optimizers)
         if state.get("config_fingerprint") != config["config_fingerprint"]:
             raise ValueError(
                 f"the checkpoint in {config['run_dir']} was made with another student config: "
@@ -173,13 +260,13 @@ def _restore(model: torch.nn.Module, optimizer, config: dict[str, Any]) -> dict[
     return state
 
 
-def _report(state: dict[str, Any], model: torch.nn.Module, optimizer, rank: int) -> float:
+def _report(state: dict[str, Any], model: torch.nn.Module, optimizers: dict, rank: int) -> float:
     """Checkpoint (rank 0 writes it) and report the last epoch's metrics; returns the seconds spent."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            _save_checkpoint(Path(tmp), model, optimizer, state)
+            _save_checkpoint(Path(tmp), model, optimizers, state)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(state["history"][-1] if state["history"] else {}, checkpoint=checkpoint)
     return time.perf_counter() - t0
@@ -194,6 +281,42 @@ def _agree(values: list[float], device: torch.device, world: int) -> list[float]
     return t.tolist()
 
 
+def _average_gradients(world: int):
+    """An optimiser step pre-hook that averages the gradients of its parameters over the ranks: data
+    parallelism for a step of one's own (DDP averages only through its wrapper's forward)."""
+
+    def hook(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= world
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+
+    return hook
+
+
+def _broadcast_floats(module: torch.nn.Module, tensors: str) -> None:
+    """Rank 0's floating parameters or buffers (BatchNorm statistics) on every rank."""
+    for t in getattr(module, tensors)():
+        if t.is_floating_point():
+            torch.distributed.broadcast(t.data, 0)
+
+
+def _parallel(data: EpochTraining, module: torch.nn.Module, optimizers: dict, world: int) -> torch.nn.Module:
+    """The module the epochs train: DDP for one network trained by a batch loss; for an EpochTraining,
+    the module itself, started from rank 0's weights, with gradients averaged before every step."""
+    if isinstance(data, _PlainEpochs):
+        return ray.train.torch.prepare_model(module)
+    if world > 1:
+        _broadcast_floats(module, "parameters")
+        _broadcast_floats(module, "buffers")
+        for optimizer in optimizers.values():
+            optimizer.register_step_pre_hook(_average_gradients(world))
+    return module
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (one per rank): build, resume, load data once, train, report."""
     spec: ModelSpec = config["spec"]
@@ -206,21 +329,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cores = (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())
     torch.set_num_threads(max(1, min(config["threads"], cores)))
     device = ray.train.torch.get_device()
+    data = _epochs(config["data"], schedule, config["augment"])
     torch.manual_seed(schedule.seed)  # the same initial weights for a given seed, whatever the recipe
-    bare = build_net(spec)
-    opt = schedule.make_optimizer(bare.parameters())
-    state = _restore(bare, opt, config)
+    bare, optimizers = data.build(spec)
+    bare.to(device)  # before the optimisers' state is restored: it follows its parameters' device
+    state = _restore(bare, optimizers, config)
     first = state["epoch"] + 1
     info = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "start_epoch": first}
     write_text(join(config["run_dir"], WORKERS_DIR, f"rank-{rank}.json"), json.dumps(info))
-    model = ray.train.torch.prepare_model(bare)
-    if first >= schedule.epochs:  # a finished run called again: report its last state so fit() has a result
-        _report(state, bare, opt, rank)
+    model = _parallel(data, bare, optimizers, world)
+    if first >= schedule.epochs or state.get("stopped"):  # a finished run called again: report its last state
+        _report(state, bare, optimizers, rank)
         return
-    images, loss_fn = config["data"].load(spec.input, device)
+    loaded = data.load(spec.input, device)
     evals = _eval_tensors(config["eval_set"], spec.input, device) if rank == 0 else None
     vals = _eval_tensors(config["val_set"], spec.input, device) if rank == 0 else None
-    batch = math.ceil(schedule.batch_size / world)
     last_ckpt = time.perf_counter()
     # stdout: a bar on stderr has no newline and gets glued to Ray's own lines (zoo.pipeline.console).
     bar = tqdm(
@@ -228,42 +351,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     for epoch in range(first, schedule.epochs):
         t0 = time.perf_counter()
-        lr = schedule.set_lr(opt, epoch)
-        order = epoch_order(len(images), schedule.seed, epoch, world, rank)
-        gen = augment_generator(schedule.seed, epoch, rank) if config["augment"] else None
-        loss = train_epoch(model, opt, images, loss_fn, order, batch, gen)
+        metrics = data.train_epoch(model, optimizers, loaded, epoch, rank, world)
+        if world > 1 and not isinstance(data, _PlainEpochs):
+            _broadcast_floats(bare, "buffers")
         seconds = time.perf_counter() - t0
-        metrics = {
-            "epoch": epoch,
-            "lr": lr,
-            "epoch_time_s": seconds,
-            "samples_per_s": len(images) * world / seconds,
-        }
+        scores = {}
         if evals is not None:
-            metrics["eval_accuracy"] = evaluate(bare, *evals)
+            scores["eval_accuracy"] = evaluate(data.network(bare), *evals)
         if vals is not None:
-            metrics["val_accuracy"] = evaluate(bare, *vals)
-        stop = rank == 0 and _plateaued(state, metrics, epoch, config["patience"])
+            scores["val_accuracy"] = evaluate(data.network(bare), *vals)
+        stop = rank == 0 and _plateaued(state, scores, epoch, config["patience"])
         if every.every_epochs:
             periodic = (epoch + 1) % every.every_epochs == 0
         else:
             periodic = time.perf_counter() - last_ckpt >= every.every_s
-        due = periodic or stop or epoch + 1 == schedule.epochs or not math.isfinite(loss)
-        loss_sum, due_votes, stop_votes = _agree([loss, float(due), float(stop)], device, world)
-        metrics["train_loss"] = loss_sum / world
+        due = periodic or stop or epoch + 1 == schedule.epochs or not math.isfinite(metrics["train_loss"])
+        *sums, due_votes, stop_votes = _agree([*metrics.values(), float(due), float(stop)], device, world)
+        metrics = {k: v / world for k, v in zip(metrics, sums)}  # every rank: the same means
+        samples = metrics.pop("samples")
+        metrics = {
+            "epoch": epoch,
+            **metrics,
+            "epoch_time_s": seconds,
+            "samples_per_s": samples * world / seconds,
+            **scores,
+        }
         state["history"].append(metrics)
         state["epoch"] = epoch
         state["compute_s"] = state.get("compute_s", 0.0) + seconds
-        shown = {
-            k: round(v, 4) for k, v in metrics.items() if k in ("train_loss", "val_accuracy", "eval_accuracy")
-        }
+        stopped = data.stop(state["history"])  # a reason: the run ends as diverged
+        if stopped:
+            state["stopped"] = stopped
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in data.progress}
         bar.set_postfix(shown, refresh=False)  # one line per epoch in a log: update() draws it
         bar.update(1)
-        if due_votes > 0:  # every rank reports together (a report is a collective)
-            state["overhead_s"] = state.get("overhead_s", 0.0) + _report(state, bare, opt, rank)
+        if due_votes > 0 or stopped:  # every rank reports together (a report is a collective)
+            state["overhead_s"] = state.get("overhead_s", 0.0) + _report(state, bare, optimizers, rank)
             last_ckpt = time.perf_counter()
-        if not math.isfinite(metrics["train_loss"]):
-            break  # diverged: every rank sees the same summed loss; the driver raises StudentDiverged
+        if stopped or not math.isfinite(metrics["train_loss"]):
+            break  # every rank sees the same history; the driver raises StudentDiverged
         if stop_votes > 0:
             break  # the stop rule (rank 0 decides, every rank follows)
     bar.close()
@@ -404,13 +530,15 @@ def train_network(
     mlflow_tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
     output_name: str = "model",
+    mlflow_prefix: str = "student",
 ) -> TrainResult:
     """Train ``spec``'s network on ``data`` with ``schedule`` on Ray Train and save it in the zoo's
     format under ``<storage_path>/<run_name>/<output_name>/`` (with ``spec``'s metadata and the metrics);
     needs a running Ray. Per-epoch metrics (train loss, accuracy on ``eval_set`` and on ``val_set`` when
-    given) go to the MLflow run ``mlflow_run_id`` when given. The stop rule: with ``val_set`` and
-    ``patience``, training stops once the validation accuracy has not improved for ``patience``
-    epochs (the last epoch's weights are kept). See the module docstring for checkpoints and resuming."""
+    given; every metric of an `EpochTraining`) go to the MLflow run ``mlflow_run_id`` when given, as
+    ``<mlflow_prefix>.<metric>``. The stop rule: with ``val_set`` and ``patience``, training stops once
+    the validation accuracy has not improved for ``patience`` epochs (the last epoch's weights are
+    kept). See the module docstring for checkpoints and resuming."""
     if not ray.is_initialized():
         raise RuntimeError(
             "train_network needs a running Ray: call ray.init() (or ray.init(address=...)) first"
@@ -421,6 +549,8 @@ def train_network(
         if labelled is not None and len(labelled):
             if labelled.labels.min() < 0 or labelled.labels.max() >= len(spec.classes):
                 raise ValueError(f"{name} labels must be indices into the {len(spec.classes)} classes")
+    if augment and hasattr(data, "train_epoch"):
+        raise ValueError("augment applies to a TrainingData of images and a batch loss, not an EpochTraining")
     data.check()  # fail fast on the driver: the workers would fail the same way, after ~20 s
     workers, gpu, cpu_per_worker, threads = _scaling(num_workers, use_gpu)
     storage = str(storage_path) if is_uri(storage_path) else os.path.abspath(storage_path)
@@ -476,15 +606,22 @@ def train_network(
         raise RuntimeError(f"training run {run_dir} finished without a checkpoint")
     _prune_orphan_checkpoints(result)
     run = {"workers": workers, "use_gpu": gpu, "fit_seconds": fit_seconds, "run_dir": run_dir}
-    return _finish(result, spec, schedule, data, run, output_name, mlflow_tracking_uri, mlflow_run_id)
+    mlflow = (mlflow_tracking_uri, mlflow_run_id, mlflow_prefix)
+    return _finish(result, spec, schedule, _epochs(data, schedule, augment), run, output_name, mlflow)
 
 
-def _finish(result, spec, schedule, data, run, output_name, tracking_uri, run_id) -> TrainResult:
+def _finish(result, spec, schedule, data: EpochTraining, run, output_name, mlflow) -> TrainResult:
     """The trained network from the last checkpoint, saved as a zoo model with its metrics."""
+    tracking_uri, run_id, prefix = mlflow
+    module, optimizers = data.build(spec)
     with result.checkpoint.as_directory() as d:
-        state = json.loads((Path(d) / CHECKPOINT_STATE).read_text())
-        weights = load_file(str(Path(d) / CHECKPOINT_WEIGHTS))
+        state = _load_checkpoint(Path(d), module, optimizers)
     history = state["history"]
+    extra = {"num_workers": run["workers"], "use_gpu": run["use_gpu"], "fit_seconds": run["fit_seconds"]}
+    if state.get("stopped"):
+        if run_id is not None:  # the curves say what went wrong
+            _log_to_mlflow(tracking_uri, run_id, prefix, spec, schedule, data, history, extra)
+        raise StudentDiverged(f"{state['stopped']}; nothing was registered")
     if history and not math.isfinite(history[-1]["train_loss"]):
         raise StudentDiverged(
             f"the loss is {history[-1]['train_loss']} at epoch {history[-1]['epoch'] + 1} "
@@ -492,8 +629,7 @@ def _finish(result, spec, schedule, data, run, output_name, tracking_uri, run_id
             "losses of MF-LF and MF-LU need about 5x less than the E/BS modes) or raise the temperature; "
             "nothing was registered"
         )
-    model = build_net(spec)
-    model.load_state_dict(weights)
+    model = data.network(module)
     model.eval()
     last = history[-1] if history else {}
     steady = [h["samples_per_s"] for h in history[1:]] or [h["samples_per_s"] for h in history]
@@ -521,8 +657,7 @@ def _finish(result, spec, schedule, data, run, output_name, tracking_uri, run_id
     spec = replace(spec, metadata={**spec.metadata, "metrics": {**spec.metadata.get("metrics", {}), **kept}})
     model_dir = _save(model, spec, run["run_dir"], output_name)
     if run_id is not None:
-        extra = {k: metrics[k] for k in ("num_workers", "use_gpu", "fit_seconds")}
-        _log_to_mlflow(tracking_uri, run_id, spec, schedule, data, history, extra)
+        _log_to_mlflow(tracking_uri, run_id, prefix, spec, schedule, data, history, extra)
     return TrainResult(
         model_dir=model_dir, metrics=metrics, checkpoint_path=result.checkpoint.path, history=history
     )
@@ -539,25 +674,25 @@ def _save(model: torch.nn.Module, spec: ModelSpec, run_dir: str, name: str) -> P
     return model_dir
 
 
-def _log_to_mlflow(tracking_uri, run_id, spec, schedule, data, history, extra) -> None:
+def _log_to_mlflow(tracking_uri, run_id, prefix, spec, schedule, data, history, extra) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
     params = {
-        "student.arch": spec.arch,
-        "student.arch_kwargs": json.dumps(spec.arch_kwargs, sort_keys=True),
-        **{f"student.{k}": v for k, v in schedule.to_dict().items()},
-        **{f"student.{k}": v for k, v in data.describe().items()},
-        **{f"student.{k}": v for k, v in extra.items()},
+        f"{prefix}.arch": spec.arch,
+        f"{prefix}.arch_kwargs": json.dumps(spec.arch_kwargs, sort_keys=True),
+        **{f"{prefix}.{k}": v for k, v in schedule.to_dict().items()},
+        **{f"{prefix}.{k}": v for k, v in data.describe().items()},
+        **{f"{prefix}.{k}": v for k, v in extra.items()},
     }
     existing = client.get_run(run_id).data.params
     new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
     now = int(time.time() * 1000)
+    curves = ("train_loss", "eval_accuracy", "val_accuracy", "samples_per_s", "epoch_time_s")
+    if not isinstance(data, _PlainEpochs):  # an EpochTraining's own metrics: every one is a curve
+        curves = sorted({k for h in history for k in h} - {"epoch"})
     metrics = [
-        Metric(f"student.{k}", float(h[k]), now, int(h["epoch"]))
-        for h in history
-        for k in ("train_loss", "eval_accuracy", "val_accuracy", "samples_per_s", "epoch_time_s")
-        if k in h
+        Metric(f"{prefix}.{k}", float(h[k]), now, int(h["epoch"])) for h in history for k in curves if k in h
     ]
-    metrics.append(Metric("student.fit_seconds", float(extra["fit_seconds"]), now, 0))
+    metrics.append(Metric(f"{prefix}.fit_seconds", float(extra["fit_seconds"]), now, 0))
     for s in range(0, max(len(metrics), 1), 900):  # log_batch takes at most 1000 metrics
         client.log_batch(run_id, metrics=metrics[s : s + 900], params=new if s == 0 else [])
 
