@@ -95,7 +95,8 @@ class TrainingData(Protocol):
         """On the driver, before workers start (~20 s): raise if the inputs do not fit together."""
 
     def load(self, spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, LossFn]:
-        """On a worker: the images float32 [B, C, H, W] on ``device`` and loss(outputs, idx)."""
+        """On a worker: the images float32 [B, C, H, W] on ``device`` and loss(outputs, idx). A loss
+        with a ``bind(model)`` method is given the network before training (a loss that runs it)."""
 
     def describe(self) -> dict[str, Any]:
         """What defines the training beyond the spec and schedule (logged as params, fingerprinted)."""
@@ -218,6 +219,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(state, bare, opt, rank)
         return
     images, loss_fn = config["data"].load(spec.input, device)
+    if hasattr(loss_fn, "bind"):  # a loss that runs the network itself (multi-label 3D's second views)
+        loss_fn.bind(bare)  # the bare module: one backward through both forwards, one DDP reduction
     evals = _eval_tensors(config["eval_set"], spec.input, device) if rank == 0 else None
     vals = _eval_tensors(config["val_set"], spec.input, device) if rank == 0 else None
     batch = math.ceil(schedule.batch_size / world)
