@@ -230,3 +230,26 @@ def test_register_with_the_owners_calibration(
         assert code == 2 and err.startswith("zoo: error: --calibration ") and str(path) in err, err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert [r.name for r in registry.list()] == ["cal", "plain"], "a refused registration wrote to the zoo"
+
+
+def test_list_keeps_a_students_long_tags_out_of_the_table() -> None:
+    """A unified student carries 64-character fingerprints and a sentence of champion decision as tags:
+    `zoo list` stays one readable row per model and says where the rest is (`zoo show`, --json)."""
+    from zoo.artifacts import InputSpec, ModelSpec
+    from zoo.cli import LIST_TAG_WIDTH, list_table
+    from zoo.registry import ModelRecord
+
+    spec = ModelSpec("cnn", CLASSES, InputSpec(1, 28, 28, (0.3,), (0.3,)))
+    tags = {
+        "arch": "cnn",
+        "role": "student",
+        "method": "ce",
+        "transfer_fingerprint": "f" * 64,
+        "eval_fingerprint": "e" * 64,
+        "champion_decision": "eval_accuracy 0.9016 > champion v1's 0.9005",
+    }
+    record = ModelRecord("unified-fmnist", 2, tags, ["champion"], spec, "file:///x", "run-1")
+    header, row = list_table([record]).splitlines()
+    assert "role=student" in row and "method=ce" in row and "(+3 in zoo show)" in row
+    assert "f" * (LIST_TAG_WIDTH + 1) not in row and len(row) < 160
+    assert header.split()[-1] == "TAGS"

@@ -203,6 +203,16 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else "-"
 
 
+LIST_TAG_WIDTH = 24  # longer tag values (fingerprints, lineage) are for `zoo show` and --json
+
+
+def _short_tags(tags: dict[str, str], known: set[str]) -> str:
+    """The tags that fit a table cell; the long ones (a student's fingerprints, decisions) counted."""
+    shown = [f"{k}={v}" for k, v in sorted(tags.items()) if k not in known and len(v) <= LIST_TAG_WIDTH]
+    hidden = sum(1 for k, v in tags.items() if k not in known and len(v) > LIST_TAG_WIDTH)
+    return " ".join(shown + ([f"(+{hidden} in zoo show)"] if hidden else [])) or "-"
+
+
 def list_table(records: Sequence[Any]) -> str:
     header = ("NAME", "VERSION", "ARCH", "CLASSES", "INPUT", "SOURCE", "ACCURACY", "ALIASES", "TAGS")
     known = {"arch", "classes", "source", "accuracy"}
@@ -216,7 +226,7 @@ def list_table(records: Sequence[Any]) -> str:
             r.tags.get("source", "-"),
             r.tags.get("accuracy", "-"),
             ",".join(r.aliases) or "-",
-            " ".join(f"{k}={v}" for k, v in sorted(r.tags.items()) if k not in known) or "-",
+            _short_tags(r.tags, known),
         )
         for r in records
     ]

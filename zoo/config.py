@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from zoo.artifacts import InputSpec, ModelSpec, build_net
+from zoo.errors import JobError
 from zoo.multilabel.loss_fn import DistillRecipe
-from zoo.pipeline import JobError
 from zoo.train import Schedule
 from zoo.unify.recipe import Recipe
 
@@ -65,7 +65,9 @@ class UnifyConfig:
     id_column: str | None = None
     transfer_limit: int | None = None
     eval: str | None = None
-    val: str | None = None  # labelled ImageFolder the sweep selects on (default: the demo split's)
+    # labelled ImageFolder the sweep, the stop rule and the champion decision use (default: the demo
+    # split's validation set, when there is one)
+    val: str | None = None
     # stage 2: inference
     inference_batch_size: int = 512
     inference_concurrency: int | None = None
@@ -84,15 +86,25 @@ class UnifyConfig:
     arch: str = "cnn"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     student_input: dict[str, Any] | None = None  # InputSpec fields; default: the teachers' contract
-    epochs: int = 5
+    epochs: int = 5  # at least; more on a small transfer set (min_steps)
+    # The budget follows the data: at least this many optimiser steps (default: about the demo job's 5
+    # epochs of 20k images at batch 128), so a few hundred transfer images get enough epochs.
+    min_steps: int = 750
+    # Stop rule: the student stops once its validation accuracy has not improved for this many epochs
+    # (None: max(5, epochs // 10); 0: never). Needs a validation set.
+    patience: int | None = None
+    # A student whose top-1 agrees with its own soft labels' on fewer transfer images than this has not
+    # converged: reported as such, and never made champion.
+    min_agreement: float = 0.6
     lr: float = 0.05
     batch_size: int = 128
     optimizer: str = "sgd"
     seed: int = 0
     num_workers: int | None = None
     use_gpu: bool | None = None
-    spv: bool = True  # train the SPV benchmark (supervised on the teachers' data) when the demo split allows
-    spv_epochs: int | None = None  # default: epochs
+    spv: bool = True  # train the SPV benchmark (supervised on the teachers' data) when it is known
+    spv_epochs: int | None = None  # default: the demo teachers' epochs, else 15
+    spv_data: str | None = None  # labelled ImageFolder of the teachers' own data (SPV beyond the demo zoo)
     # run
     run_dir: str | None = None  # default runs/<name>
     force: bool = False
@@ -113,9 +125,13 @@ class UnifyConfig:
                 f"teacher_temperatures {bad}: each must be a finite number > 0 (fit it with "
                 "zoo.unify.calibration.fit_temperature on the teacher's labelled held-out images)"
             )
-        for k in ("epochs", "batch_size", "inference_batch_size"):
+        for k in ("epochs", "batch_size", "inference_batch_size", "min_steps"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"patience must be >= 0 (0: no stop rule), got {self.patience}")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name {self.name!r}: give the unified model a name without '/'")
         # The recipe and the schedule validate themselves: build them once now, so a bad value stops
@@ -305,7 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--id-column", help="the Parquet column holding sample ids (default: id, else row numbers)")
     add("--transfer-limit", type=int, help="use only the first N transfer images")
     add("--eval", help="labelled ImageFolder for evaluation (class dirs named as union classes)")
-    add("--val", help="labelled ImageFolder the sweep selects its config on (default: the demo split's)")
+    add(
+        "--val",
+        help="labelled ImageFolder: the sweep, the stop rule and the champion decision use it "
+        "(default: the demo split's validation set)",
+    )
     add("--name", help="name of the unified model in the registry")
     add("--method", help="soft-label method: sd, ce, mf-p, mf-lu, mf-lf")
     add("--mode", help="e (estimate q), bp (backpropagate), bs (balanced soft labels)")
@@ -317,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="random translations of the transfer images while the student trains",
     )
-    add("--epochs", type=int, help="student epochs")
+    add("--epochs", type=int, help="student epochs (at least; more on a small transfer set: --min-steps)")
+    add("--min-steps", type=int, help="at least this many optimiser steps for the student (default 750)")
+    add("--patience", type=int, help="stop once the validation accuracy stalls this many epochs (0: never)")
     add("--arch", help="student architecture (zoo.architectures allow-list)")
     add("--lr", type=float, help="student learning rate")
     add("--batch-size", type=int, help="student batch size")
@@ -326,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
     add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
     add("--no-spv", dest="spv", action="store_const", const=False, help="skip the SPV benchmark")
+    add("--spv-data", help="labelled ImageFolder of the teachers' own data: SPV for a zoo of your own")
     add("--run-dir", help="run directory: a path or a URI, s3://... file://... (default runs/<name>)")
     add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
     add(
@@ -373,7 +396,8 @@ class DistillMultilabelConfig:
     arch: str = "cnn"
     arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 8, "depth": 3})
     student_input: dict[str, Any] | None = None  # InputSpec fields; default: the teacher's contract
-    epochs: int = 8
+    epochs: int = 8  # at least; more on a small training set (min_steps)
+    min_steps: int = 750  # at least this many optimiser steps (the budget follows the data)
     lr: float = 3e-3
     batch_size: int = 64
     optimizer: str = "adam"
@@ -400,8 +424,9 @@ class DistillMultilabelConfig:
             raise ConfigError(f"name {self.name!r}: give the student a name without '/'")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
-        if self.inference_batch_size < 1:
-            raise ConfigError(f"inference_batch_size must be >= 1, got {self.inference_batch_size}")
+        for k in ("inference_batch_size", "min_steps"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         try:  # the recipe and the schedule validate themselves: a bad value stops the job here, named
             self.recipe()
             self.schedule()
@@ -462,7 +487,8 @@ def build_multilabel_parser() -> argparse.ArgumentParser:
     add("--beta", type=float, help="3D's L_NDD weight (default 10/64)")
     add("--threshold", type=float, help="the student's decision threshold for every label (default 0.5)")
     add("--arch", help="student architecture (zoo.architectures allow-list)")
-    add("--epochs", type=int, help="student epochs")
+    add("--epochs", type=int, help="student epochs (at least; more on a small training set: --min-steps)")
+    add("--min-steps", type=int, help="at least this many optimiser steps for the student (default 750)")
     add("--lr", type=float, help="student learning rate")
     add("--batch-size", type=int, help="student batch size")
     add("--optimizer", help="adam (default) or sgd")

@@ -25,7 +25,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -82,6 +82,12 @@ class Schedule:
             raise ValueError(
                 f"need weight_decay >= 0 and momentum in [0, 1), got {self.weight_decay}, {self}"
             )
+
+    def for_data(self, n: int, min_steps: int) -> Schedule:
+        """This schedule with enough epochs for at least ``min_steps`` optimiser steps on ``n``
+        samples: the budget follows the data (a few hundred images get many more epochs than 20k)."""
+        per_epoch = math.ceil(n / self.batch_size)
+        return replace(self, epochs=max(self.epochs, math.ceil(min_steps / max(1, per_epoch))))
 
     def lr_at(self, epoch: int) -> float:
         """Paper 001's schedule (Sec. 4.1.1). A run too short to have a first part (e.g. 1 epoch with

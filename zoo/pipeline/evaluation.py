@@ -10,10 +10,13 @@ import numpy as np
 import torch
 
 from zoo.artifacts import load_model, preprocess
+from zoo.data import decode_image
 from zoo.pipeline.datasets import LabelledSet
+from zoo.pipeline.soft_labels import read_soft_labels
 from zoo.pipeline.storage import PathLike, local_copy
+from zoo.pipeline.transfer import read_transfer_images
 
-__all__ = ["class_groups", "evaluate_model", "group_accuracy", "predict"]
+__all__ = ["class_groups", "evaluate_model", "fit_agreement", "group_accuracy", "predict"]
 
 
 def predict(model_dir: PathLike, images: object, batch_size: int = 1024) -> np.ndarray:
@@ -53,3 +56,14 @@ def evaluate_model(
 ) -> dict[str, float]:
     """`group_accuracy` of the model in ``model_dir`` on ``labelled``."""
     return group_accuracy(predict(model_dir, labelled.images), labelled.labels, groups)
+
+
+def fit_agreement(model_dir: PathLike, transfer_path: PathLike, soft_labels_path: PathLike) -> float:
+    """The share of transfer images on which the student's top-1 is its soft labels' top-1: how well it
+    fits what it was trained on. A student far below 1 has not converged (too few steps, a diverging
+    recipe) and its accuracy is no measure of the method."""
+    ids, blobs = read_transfer_images(transfer_path)
+    q = read_soft_labels(soft_labels_path)
+    pos = {i: k for k, i in enumerate(q.ids)}
+    target = q.q[[pos[i] for i in ids]].argmax(1).numpy()
+    return float((predict(model_dir, [decode_image(b) for b in blobs]) == target).mean())

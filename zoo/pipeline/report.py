@@ -41,6 +41,10 @@ class JobResult:
     student_accuracy: dict[str, float] | None = None
     spv_accuracy: dict[str, float] | None = None
     registered: dict[str, Any] | None = None
+    val_source: str | None = None
+    val_accuracy: float | None = None  # the student's, on the validation set (the champion's yardstick)
+    agreement: float | None = None  # the student's top-1 vs its soft labels' on the transfer set
+    champion_chosen_on: str = ""
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     seconds: float = 0.0
@@ -64,6 +68,10 @@ class JobResult:
             "eval_source": self.eval_source,
             "student_accuracy": self.student_accuracy,
             "spv_accuracy": self.spv_accuracy,
+            "val_source": self.val_source,
+            "val_accuracy": self.val_accuracy,
+            "agreement": self.agreement,
+            "champion_chosen_on": self.champion_chosen_on,
             "registered": self.registered,
             "mlflow_run_id": self.mlflow_run_id,
             "tracking_uri": self.tracking_uri,
@@ -103,6 +111,7 @@ def format_summary(res: JobResult) -> str:
     ]
     if res.table is not None:
         lines += _table_lines(res.table, res.eval_source)
+        lines += ["", f"the champion is chosen on {res.champion_chosen_on}"] if res.champion_chosen_on else []
     else:
         cols = ["all", *res.groups]
         lines.append(f"{'accuracy on the eval set':<26}" + "".join(f"{c:>16}" for c in cols))
@@ -111,9 +120,8 @@ def format_summary(res: JobResult) -> str:
                 lines.append(f"{label:<26}" + "".join(f"{acc.get(c, float('nan')):>16.4f}" for c in cols))
         sizes = [len(res.classes) if c == "all" else len(res.groups[c]) for c in cols]
         lines.append(f"{'(classes in group)':<26}" + "".join(f"{n:>16}" for n in sizes))
-    stages = ", ".join(
-        f"{k} {'skipped' if s.skipped else f'{s.seconds:.0f}s'}" for k, s in res.stages.items()
-    )
+        lines += _notes(res)
+    stages = ", ".join(f"{k} {_stage_time(st)}" for k, st in res.stages.items())
     reg = res.registered or {}
     lines += [
         THIN,
@@ -136,6 +144,35 @@ def _table_lines(table: dict[str, dict[str, float]], source: str) -> list[str]:
     for label, row in table.items():
         out.append(f"{label:<34.34}" + "".join(f"{row.get(c, float('nan')):>10.4f}" for c in cols))
     return out
+
+
+def _notes(res: JobResult) -> list[str]:
+    """What the table alone does not say: the validation accuracy the champion is chosen on, a student
+    that has not converged, why there is no SPV row."""
+    notes = []
+    if res.val_accuracy is not None:
+        notes.append(
+            f"validation accuracy {res.val_accuracy:.4f} ({res.val_source}): the champion is chosen on it"
+        )
+    if res.agreement is not None:
+        notes.append(
+            f"the student agrees with its own soft labels on {res.agreement:.1%} of the transfer set"
+        )
+    if res.spv_accuracy is None:
+        notes.append(
+            "no SPV row: it needs the teachers' labelled data (the demo zoo's split, or --spv-data DIR)"
+        )
+    return [""] + notes if notes else []
+
+
+def _stage_time(stage: StageResult) -> str:
+    if stage.skipped:
+        return "skipped"
+    facts = _stage_facts(stage)
+    if "compute_s" not in facts:
+        return f"{stage.seconds:.0f}s"
+    overhead = facts.get("overhead_s", 0.0)
+    return f"{stage.seconds:.0f}s (epochs {facts['compute_s']:.0f}s, checkpoints {overhead:.0f}s)"
 
 
 def _metric_key(group: str) -> str:

@@ -22,10 +22,11 @@ import ray
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-# Private, and on purpose: Ray has no public way to ask "is a cluster running on this machine?".
-# `ray.init()` alone joins one but refuses num_cpus, and a stale bootstrap file (a cluster that was
-# stopped) sends it to a dead address; the live GCS processes are what tells.
-from ray._private.services import find_gcs_addresses
+# Private, and on purpose: Ray has no public way to ask "is a `ray start` cluster running on this
+# machine?". `ray.init()` alone joins one but then refuses num_cpus, and a stale bootstrap file (a
+# cluster that was stopped) sends it to a dead address: the file `ray start` writes, checked against the
+# live GCS processes, is what tells. Other processes' private `ray.init()` clusters are never joined.
+from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
 from zoo.pipeline.cache import RunDir
 from zoo.pipeline.console import (
@@ -71,9 +72,9 @@ def init_ray(
     (`zoo.pipeline.console`). Returns True when this call started Ray (the caller stops it)."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address or find_gcs_addresses():
-        ray.init(address=address or "auto", runtime_env=worker_runtime_env(worker_env()), **ray_init_kwargs())
+    address = address or os.environ.get("RAY_ADDRESS") or _running_ray_start_cluster()
+    if address:
+        ray.init(address=address, runtime_env=worker_runtime_env(worker_env()), **ray_init_kwargs())
         log(f"[ray] joined the cluster at {ray.get_runtime_context().gcs_address}")
         return False
     num_cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
@@ -87,6 +88,12 @@ def init_ray(
         **ray_init_kwargs(),
     )
     return True
+
+
+def _running_ray_start_cluster() -> str | None:
+    """The address of the cluster `ray start --head` runs on this machine, when it is alive."""
+    bootstrap = find_bootstrap_address(None)
+    return bootstrap if bootstrap and bootstrap in find_gcs_addresses() else None
 
 
 class Session:

@@ -39,7 +39,7 @@ from zoo.pipeline.datasets import (
     read_labelled_folder,
     transfer_arrays,
 )
-from zoo.pipeline.evaluation import class_groups, evaluate_model
+from zoo.pipeline.evaluation import class_groups, evaluate_model, fit_agreement
 from zoo.pipeline.inference import inference_stage, read_logits
 from zoo.pipeline.make_zoo import DEMO_ZOO, ensure_demo_zoo, load_split
 from zoo.pipeline.registration import register_student, registered_version
@@ -47,7 +47,7 @@ from zoo.pipeline.report import JobResult, publish
 from zoo.pipeline.session import Session
 from zoo.pipeline.soft_labels import soft_labels_stage
 from zoo.pipeline.spv import demo_spv_data, spv_stage
-from zoo.pipeline.storage import join, local_copy, read_text, write_json_atomic
+from zoo.pipeline.storage import join, local_copy, parquet_metadata, read_text, write_json_atomic
 from zoo.pipeline.sweep import load_sweep_config, run_sweep
 from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
 from zoo.pipeline.training import train_student
@@ -120,6 +120,7 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         recipe, schedule, selected_by = inp.recipe, inp.schedule, "the config (no sweep)"
         if cfg.sweep:
             recipe, schedule, selected_by = sweep_recipe(cfg, s, inp)
+        schedule = _budget(schedule, stages["transfer"], cfg.min_steps, s.log)
         targets = stages["inference"]
         if recipe.mode != "bp":
             targets = stages["soft_labels"] = soft_labels_stage(s.run, stages["inference"], recipe)
@@ -140,8 +141,13 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
             tracking_uri=s.tracking_uri,
         )
         res.student_accuracy = evaluate_model(stages["student"].path, inp.eval_set, res.groups)
-        if cfg.spv and inp.whole_demo_zoo and cfg.eval is None:
-            stages["spv"] = _spv(cfg, s, inp)
+        if inp.val_set is not None:
+            res.val_source = inp.val_set.source
+            res.val_accuracy = evaluate_model(stages["student"].path, inp.val_set, {})["all"]
+        res.agreement = stages["student"].value.get("agreement")
+        spv_data = _spv_data(cfg, inp)
+        if spv_data is not None:
+            stages["spv"] = _spv(cfg, s, inp, spv_data)
             res.spv_accuracy = evaluate_model(stages["spv"].path, inp.eval_set, res.groups)
         stages["register"] = register_stage(cfg, s, inp, res)
         res.registered = stages["register"].value
@@ -149,6 +155,20 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         publish(res, s.run.summary, s.client)
         log(res.summary)
         return res
+
+
+def _budget(
+    schedule: Schedule, transfer: StageResult, min_steps: int, log: Callable[[str], None]
+) -> Schedule:
+    """The student's epochs from the transfer set's size: at least ``min_steps`` optimiser steps."""
+    n = int(parquet_metadata(transfer.path)["zoo.num_images"])
+    budget = schedule.for_data(n, min_steps)
+    if budget.epochs != schedule.epochs:
+        log(
+            f"[student] {n} transfer images: {budget.epochs} epochs instead of {schedule.epochs}, "
+            f"for at least {min_steps} optimiser steps of {schedule.batch_size} (min_steps)"
+        )
+    return budget
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -174,7 +194,7 @@ def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs | MultilabelUnifyI
         return multilabel_inputs(cfg, s, teachers)
     space = label_space(teachers, cfg.synonyms)
     s.log(f"[teachers] {len(teachers)} teachers, {space.num_classes} union classes: {list(space.classes)}")
-    wants_split = cfg.transfer is None or cfg.eval is None or cfg.spv or (cfg.sweep and cfg.val is None)
+    wants_split = cfg.transfer is None or cfg.eval is None or cfg.spv or cfg.val is None
     split = _demo_split(cfg.zoo, s) if wants_split else None
     source = _transfer_source(cfg, split)
     eval_set = _eval_set(cfg, split, space, s.log)
@@ -225,7 +245,9 @@ def _eval_set(
 ) -> LabelledSet:
     """The evaluation (test) set: reported on, and the champion's yardstick; never chosen on."""
     if cfg.eval is not None:
-        ev = read_labelled_folder(cfg.eval, space)
+        # Only the union's classes are evaluated: an evaluation folder of a user's whole label set serves
+        # any subset of their teachers; the classes left out are listed.
+        ev = read_labelled_folder(cfg.eval, space, skip_unknown=True, log=log)
     elif split is not None:
         ev = demo_set(split, space, "eval")
     else:
@@ -329,12 +351,17 @@ def student_stage(
     targets: StageResult,
 ) -> StageResult:
     """Stage: the student on Ray Train, in `<run>/train/student-<fp>/student`, with the job's MLflow
-    run (made when the student trains; a skipped stage reuses the recorded one). Its sidecar keeps
-    the training metrics and the MLflow run id."""
+    run (made when the student trains; a skipped stage reuses the recorded one), the stop rule on the
+    validation set, and how well it fits its own soft labels (`fit_agreement`). Its sidecar keeps the
+    training metrics, the agreement and the MLflow run id."""
     net = replace(inp.spec, metadata={})
+    val_fp = None if inp.val_set is None else inp.val_set.fingerprint()
+    patience = (
+        None if inp.val_set is None or cfg.patience == 0 else cfg.patience or max(5, schedule.epochs // 10)
+    )
     inputs = [
         targets.fingerprint, transfer.value, net.to_dict(), schedule, recipe,
-        inp.eval_set.fingerprint(), cfg.num_workers, cfg.use_gpu,
+        inp.eval_set.fingerprint(), val_fp, patience, cfg.num_workers, cfg.use_gpu,
     ]  # fmt: skip
     fp = fingerprint("student", STUDENT_VERSION, *inputs)
     run_name = f"student-{fp[:12]}"
@@ -349,10 +376,14 @@ def student_stage(
         )
         result = train_student(
             inp.spec, schedule, recipe, transfer.path, targets.path, storage_path=s.run.train_storage,
-            run_name=run_name, eval_set=inp.eval_set, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-            mlflow_tracking_uri=s.tracking_uri, mlflow_run_id=run_id,
+            run_name=run_name, eval_set=inp.eval_set, val_set=inp.val_set, patience=patience,
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, mlflow_tracking_uri=s.tracking_uri,
+            mlflow_run_id=run_id,
         )  # fmt: skip
-        return {**_jsonable(result.metrics), "mlflow_run_id": run_id}
+        agreement = (
+            None if recipe.mode == "bp" else fit_agreement(result.model_dir, transfer.path, targets.path)
+        )
+        return {**_jsonable(result.metrics), "agreement": agreement, "mlflow_run_id": run_id}
 
     out = s.run.stage(
         "student",
@@ -367,24 +398,46 @@ def student_stage(
     return out
 
 
-def _spv(cfg: UnifyConfig, s: Session, inp: UnifyInputs) -> StageResult:
-    """SPV with the demo teachers' recipe (the split's config): the student's network on their data."""
-    tc = dict(inp.split.config)
+def _spv_data(cfg: UnifyConfig, inp: UnifyInputs) -> LabelledSet | None:
+    """What SPV trains on: ``--spv-data`` (a user's own labelled data), else the demo teachers' data
+    when the teachers are exactly the demo split's and the evaluation set is its own; else none."""
+    if not cfg.spv:
+        return None
+    if cfg.spv_data is not None:
+        return read_labelled_folder(cfg.spv_data, inp.space, flag="--spv-data")
+    if inp.whole_demo_zoo and cfg.eval is None:
+        return demo_spv_data(inp.split, list(inp.space.classes))
+    return None
+
+
+def _spv(cfg: UnifyConfig, s: Session, inp: UnifyInputs, data: LabelledSet) -> StageResult:
+    """SPV with the teachers' recipe (the demo split's config; for a user's data: Adam, lr 1e-3,
+    batch 32, ``spv_epochs`` or 15 epochs): the student's network trained on their data."""
+    tc = dict(inp.split.config) if inp.split is not None and cfg.spv_data is None else {}
     recipe = {
-        "epochs": cfg.spv_epochs or int(tc.get("epochs", cfg.epochs)),
+        "epochs": cfg.spv_epochs or int(tc.get("epochs", 15)),
         "lr": float(tc.get("lr", 1e-3)),
         "batch_size": int(tc.get("batch_size", 32)),
         "optimizer": str(tc.get("optimizer", "adam")),
     }
-    return spv_stage(s.run, inp.spec, demo_spv_data(inp.split, list(inp.space.classes)), recipe, cfg.seed)
+    return spv_stage(s.run, inp.spec, data, recipe, cfg.seed)
 
 
 def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResult) -> StageResult:
     """Stage: the student registered as a version of ``cfg.name`` with its lineage (`registration.json`
-    records it); the champion alias moves only when it beats the champion on the same evaluation set.
-    A rerun that changes nothing registers nothing."""
+    records it); the champion alias moves only when it beats the champion on the same set: the
+    validation set when there is one (the evaluation set is the test set: reported, never chosen on),
+    and never to a student that has not converged. A rerun that changes nothing registers nothing."""
     student = res.stages["student"]
-    eval_fp = inp.eval_set.fingerprint()
+    metric, chosen_on = champion_yardstick(inp)
+    res.champion_chosen_on = f"{metric} of {chosen_on.source}"
+    not_champion = None
+    if res.agreement is not None and res.agreement < cfg.min_agreement:
+        not_champion = (
+            f"not converged: its top-1 agrees with its own soft labels on {res.agreement:.0%} of the "
+            f"transfer images (min_agreement {cfg.min_agreement:.0%}); give it more steps (--min-steps) "
+            "or check the teachers"
+        )
     lineage = {
         "teachers": [t.lineage() for t in inp.teachers],
         "method": res.recipe.method,
@@ -396,6 +449,7 @@ def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResul
         "student_fingerprint": student.fingerprint,
         "metrics": {
             "eval_accuracy": res.student_accuracy["all"],
+            **({"val_accuracy": res.val_accuracy} if res.val_accuracy is not None else {}),
             **{f"eval_accuracy[{k}]": v for k, v in res.student_accuracy.items()},
             **({"spv_accuracy": res.spv_accuracy["all"]} if res.spv_accuracy else {}),
             **{k: v for k, v in (student.value or {}).items() if isinstance(v, (int, float))},
@@ -404,6 +458,7 @@ def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResul
         "mlflow_run_id": res.mlflow_run_id,
         "eval_source": inp.eval_set.source,
         "selected_by": res.selected_by,
+        "champion_chosen_on": res.champion_chosen_on,
     }
 
     def register(path: Any, fp: str) -> dict[str, Any]:
@@ -414,8 +469,9 @@ def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResul
         else:
             with local_copy(student.path) as d:
                 record, champion = register_student(
-                    s.registry, cfg.name, d, lineage=lineage, metric="eval_accuracy", eval_fingerprint=eval_fp
-                )
+                    s.registry, cfg.name, d, lineage=lineage, metric=metric,
+                    eval_fingerprint=chosen_on.fingerprint(), not_champion=not_champion,
+                )  # fmt: skip
         reg = {
             "name": record.name,
             "version": record.version,
@@ -437,6 +493,11 @@ def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResul
         recorded = json.loads(read_text(out.path))
         out = replace(out, value={k: v for k, v in recorded.items() if k != "fingerprint"})
     return out
+
+
+def champion_yardstick(inp: UnifyInputs) -> tuple[str, LabelledSet]:
+    """The metric and the set the champion is chosen on: the validation set when there is one."""
+    return ("val_accuracy", inp.val_set) if inp.val_set is not None else ("eval_accuracy", inp.eval_set)
 
 
 def _teachers_tag(teachers: Sequence[Teacher]) -> str:
