@@ -92,6 +92,7 @@ class MultilabelInputs:
     teacher: Teacher
     space: LabelSpace  # the teacher's labels, in the union's (sorted) order
     train: MultilabelSet
+    val: MultilabelSet | None  # the data's val split, when it has one: the champion is chosen on it
     test: MultilabelSet
     spec: ModelSpec
     recipe: DistillRecipe
@@ -127,18 +128,13 @@ def run_distill_multilabel(cfg: DistillMultilabelConfig, log: Callable[[str], No
             params={f"job.{k}": v for k, v in cfg.to_dict().items() if v is not None and k != "force"},
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
         )  # fmt: skip
-        student = evaluate_multilabel(stages["student"].path, inp.test)["all"]
-        teacher = evaluate_multilabel(inp.teacher.model_dir, inp.test, space=inp.space)["all"]
-        res = _result(cfg, s, inp, stages)
-        res.table = {
-            f"student ({inp.recipe.method})": {k: student[k] for k in SHOWN},
-            f"teacher {inp.teacher.name}": {k: teacher[k] for k in SHOWN},
-        }
-        lineage = {
-            **_lineage(inp, res),
-            "metrics": {**student, **{f"teacher_{k}": v for k, v in teacher.items()}},
-        }
-        stages["register"] = register_multilabel(s, cfg.name, stages["student"], lineage, inp.test)
+        res, lineage = _evaluate(cfg, s, inp, stages)
+        metric, chosen_on = ("val_mAP", inp.val) if inp.val is not None else ("mAP", inp.test)
+        res.champion_chosen_on = f"{metric} of {_source(cfg.data, 'val' if inp.val else 'test')}"
+        stages["register"] = register_multilabel(
+            s, cfg.name, stages["student"], {**lineage, "champion_chosen_on": res.champion_chosen_on},
+            chosen_on, metric,
+        )  # fmt: skip
         res.registered = stages["register"].value
         res.seconds = time.perf_counter() - t0
         publish(res, s.run.summary, s.client)
@@ -158,12 +154,17 @@ def check_distill_inputs(cfg: DistillMultilabelConfig, s: Session) -> Multilabel
     space = label_space([teacher])
     classes = list(space.classes)
     train, test = (read_split(cfg.data, split, classes) for split in ("train", "test"))
+    val = read_split(cfg.data, "val", classes) if _split_path(cfg.data, "val") else None
     s.log(
-        f"[data] {len(train)} training and {len(test)} test images over the teacher's {len(classes)} labels"
+        f"[data] {len(train)} training, {len(val) if val else 'no'} validation and {len(test)} test images "
+        f"over the teacher's {len(classes)} labels"
     )
     spec_in = InputSpec(**cfg.student_input) if cfg.student_input else teacher.spec.input
+    schedule = cfg.schedule().for_data(len(train), cfg.min_steps)
+    if schedule.epochs != cfg.epochs:
+        s.log(f"[student] {len(train)} images: {schedule.epochs} epochs, for at least {cfg.min_steps} steps")
     return MultilabelInputs(
-        teacher, space, train, test, cfg.student_spec(classes, spec_in), cfg.recipe(), cfg.schedule()
+        teacher, space, train, val, test, cfg.student_spec(classes, spec_in), cfg.recipe(), schedule
     )
 
 
@@ -179,12 +180,17 @@ def read_multilabel_set(path: str | Path, classes: Sequence[str], flag: str) -> 
     return data
 
 
+def _split_path(data_dir: str | Path, split: str) -> Path | None:
+    root = Path(data_dir)
+    candidates = (root / f"{split}.parquet", root / f"{split}.pq", root / split)
+    return next((c for c in candidates if c.exists()), None)
+
+
 def read_split(data_dir: str | Path, split: str, classes: Sequence[str]) -> MultilabelSet:
     """The ``split`` of a data directory: `<dir>/<split>.parquet`, else `<dir>/<split>/labels.csv`."""
-    root = Path(data_dir)
-    for candidate in (root / f"{split}.parquet", root / f"{split}.pq", root / split):
-        if candidate.exists():
-            return read_multilabel_set(candidate, classes, f"--data ({split})")
+    path, root = _split_path(data_dir, split), Path(data_dir)
+    if path is not None:
+        return read_multilabel_set(path, classes, f"--data ({split})")
     raise JobError(
         f"--data {root}: no {split} split; expected {root}/{split}.parquet or {root}/{split}/labels.csv "
         "(python jobs/make_multilabel_zoo.py --data DIR writes the demo mosaics)"
@@ -364,8 +370,11 @@ def evaluate_multilabel(
     return out
 
 
-def _result(cfg: DistillMultilabelConfig, s: Session, inp: MultilabelInputs, stages: dict) -> JobResult:
-    """The job's result (its metric table is filled by the caller)."""
+def _evaluate(
+    cfg: DistillMultilabelConfig, s: Session, inp: MultilabelInputs, stages: dict[str, StageResult]
+) -> tuple[JobResult, dict[str, Any]]:
+    """The job's result with its metric table (the student's and the teacher's metrics on the test split,
+    the student's on the validation split when there is one) and the lineage to register."""
     t = inp.teacher
     res = JobResult(
         name=cfg.name, run_dir=s.run.root, classes=list(inp.space.classes), groups={}, recipe=inp.recipe,
@@ -374,7 +383,32 @@ def _result(cfg: DistillMultilabelConfig, s: Session, inp: MultilabelInputs, sta
         stages=stages, mlflow_run_id=stages["student"].value["mlflow_run_id"], tracking_uri=s.tracking_uri,
         kind="Multi-label student",
     )  # fmt: skip
-    return res
+    student = evaluate_multilabel(stages["student"].path, inp.test)["all"]
+    teacher = evaluate_multilabel(t.model_dir, inp.test, space=inp.space)["all"]
+    res.table = {
+        f"student ({inp.recipe.method})": {k: student[k] for k in SHOWN},
+        f"teacher {t.name}": {k: teacher[k] for k in SHOWN},
+    }
+    metrics = {**student, **{f"teacher_{k}": v for k, v in teacher.items()}}
+    if inp.val is not None:
+        val = evaluate_multilabel(stages["student"].path, inp.val)["all"]
+        res.table[f"student ({inp.recipe.method}), val split"] = {k: val[k] for k in SHOWN}
+        res.val_source, res.val_accuracy = _source(cfg.data, "val"), val["mAP"]
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+    lineage = {
+        "teachers": [t.lineage()],
+        "method": inp.recipe.method,
+        "mode": inp.recipe.mode,
+        "temperature": inp.recipe.tau,
+        "recipe": inp.recipe.to_dict(),
+        "schedule": inp.schedule.to_dict(),
+        "transfer_fingerprint": stages["transfer"].value,
+        "classes": list(inp.space.classes),
+        "metrics": metrics,
+        "mlflow_run_id": res.mlflow_run_id,
+        "eval_source": res.eval_source,
+    }
+    return res, lineage
 
 
 def _source(data_dir: str, split: str) -> str:
@@ -382,28 +416,19 @@ def _source(data_dir: str, split: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ registration
-def _lineage(inp: MultilabelInputs, res: JobResult) -> dict[str, Any]:
-    return {
-        "teachers": [inp.teacher.lineage()],
-        "method": inp.recipe.method,
-        "mode": inp.recipe.mode,
-        "temperature": inp.recipe.tau,
-        "recipe": inp.recipe.to_dict(),
-        "schedule": inp.schedule.to_dict(),
-        "transfer_fingerprint": res.stages["transfer"].value,
-        "classes": list(inp.space.classes),
-        "mlflow_run_id": res.mlflow_run_id,
-        "eval_source": res.eval_source,
-    }
-
-
 def register_multilabel(
-    s: Session, name: str, student: StageResult, lineage: dict[str, Any], test: MultilabelSet
+    s: Session,
+    name: str,
+    student: StageResult,
+    lineage: dict[str, Any],
+    chosen_on: MultilabelSet,
+    metric: str = METRIC,
 ) -> StageResult:
     """Stage: the student registered as a version of ``name`` (a multi-label spec: the registry tags it
-    task=multilabel) with its lineage; `champion` moves only when its mAP on the same test set beats the
-    champion's. A rerun that changes nothing registers nothing (`registration.json`)."""
-    eval_fp = labelled_fingerprint(test)
+    task=multilabel) with its lineage; `champion` moves only when its ``metric`` (in the lineage's
+    metrics) on the same set ``chosen_on`` beats the champion's: the validation set when the job has
+    one, else the test set. A rerun that changes nothing registers nothing (`registration.json`)."""
+    eval_fp = labelled_fingerprint(chosen_on)
 
     def register(path: Any, fp: str) -> dict[str, Any]:
         record = registered_version(s.registry, name, student.fingerprint)
@@ -414,7 +439,7 @@ def register_multilabel(
             with local_copy(student.path) as d:
                 record, champion = register_student(
                     s.registry, name, d, lineage={**lineage, "student_fingerprint": student.fingerprint},
-                    metric=METRIC, eval_fingerprint=eval_fp,
+                    metric=metric, eval_fingerprint=eval_fp,
                 )  # fmt: skip
         reg = {
             "name": record.name,
@@ -426,7 +451,7 @@ def register_multilabel(
         write_json_atomic({"fingerprint": fp, **reg}, path)
         return reg
 
-    inputs = [student.fingerprint, name, s.tracking_uri, eval_fp]
+    inputs = [student.fingerprint, name, s.tracking_uri, eval_fp, metric]
     out = s.run.stage("register", s.run.registration, REGISTER_VERSION, inputs, register)
     if out.skipped:
         out = replace(

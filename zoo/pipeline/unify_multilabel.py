@@ -46,7 +46,7 @@ from zoo.pipeline.multilabel import (
 from zoo.pipeline.registration import teachers_tag
 from zoo.pipeline.report import JobResult, publish
 from zoo.pipeline.session import Session
-from zoo.pipeline.storage import read_parquet
+from zoo.pipeline.storage import parquet_metadata, read_parquet
 from zoo.pipeline.teachers import Teacher, label_space
 from zoo.pipeline.transfer import TransferSource, load_transfer_images, transfer_stage
 from zoo.train import Schedule
@@ -81,6 +81,7 @@ class MultilabelUnifyInputs:
     space: LabelSpace
     source: TransferSource
     eval_set: MultilabelSet
+    val_set: MultilabelSet | None  # --val: the champion is chosen on it when given
     spec: ModelSpec  # task multilabel, thresholds from the teachers'
     schedule: Schedule
     recipe: UnionRecipe
@@ -105,6 +106,8 @@ def _refuse_multiclass_settings(cfg: UnifyConfig, s: Session) -> None:
         "sample_weighting": cfg.sample_weighting != "none",
         "teacher_temperatures": bool(cfg.teacher_temperatures),
         "--augment": cfg.augment,
+        "--spv-data": cfg.spv_data is not None,
+        "--patience": bool(cfg.patience),
     }
     if any(set_.values()):
         raise JobError(
@@ -113,7 +116,8 @@ def _refuse_multiclass_settings(cfg: UnifyConfig, s: Session) -> None:
         )
     s.log(
         "[teachers] multi-label teachers: the student learns the mean of the knowing teachers' "
-        "probabilities per label (T = 1); method, mode, temperature and SPV are for multi-class teachers"
+        "probabilities per label (T = 1); method, mode, temperature, SPV and min_agreement are for "
+        "multi-class teachers"
     )
 
 
@@ -137,6 +141,9 @@ def multilabel_inputs(cfg: UnifyConfig, s: Session, teachers: list[Teacher]) -> 
         )
     eval_set = read_multilabel_set(cfg.eval, space.classes, "--eval")
     s.log(f"[eval] {len(eval_set)} multi-label images from {cfg.eval} (the final report)")
+    val_set = None if cfg.val is None else read_multilabel_set(cfg.val, space.classes, "--val")
+    if val_set is not None:
+        s.log(f"[val] {len(val_set)} multi-label images from {cfg.val} (the champion is chosen on them)")
     spec_in = (
         InputSpec(**cfg.student_input)
         if cfg.student_input
@@ -146,7 +153,9 @@ def multilabel_inputs(cfg: UnifyConfig, s: Session, teachers: list[Teacher]) -> 
     per_teacher = space.to_union([torch.tensor([t.spec.thresholds]) for t in teachers])[0]  # [N, L]
     thresholds = [float(v) for v in union_thresholds(per_teacher, space.mask)]
     spec = replace(spec, task="multilabel", thresholds=thresholds)
-    return MultilabelUnifyInputs(teachers, space, cfg.transfer, eval_set, spec, cfg.schedule(), UnionRecipe())
+    return MultilabelUnifyInputs(
+        teachers, space, cfg.transfer, eval_set, val_set, spec, cfg.schedule(), UnionRecipe()
+    )
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,9 @@ def run_unify_multilabel(cfg: UnifyConfig, s: Session, inp: MultilabelUnifyInput
     )  # fmt: skip
     paths = (worker_path(stages["transfer"].path), worker_path(stages["inference"].path))
     data = UnionData(*paths, tuple(inp.space.classes), inp.recipe.temperature)
+    n = int(parquet_metadata(stages["transfer"].path)["zoo.num_images"])
+    inp.schedule = inp.schedule.for_data(n, cfg.min_steps)  # the main job's budget rule
+    s.log(f"[student] {n} transfer images: {inp.schedule.epochs} epochs (at least {cfg.min_steps} steps)")
     stages["student"] = multilabel_student_stage(
         s, inp.spec, inp.schedule, data, [stages["inference"].fingerprint, stages["transfer"].value],
         experiment=cfg.experiment, run_label=f"{cfg.name}-{inp.recipe.method}",
@@ -212,13 +224,22 @@ def run_unify_multilabel(cfg: UnifyConfig, s: Session, inp: MultilabelUnifyInput
         ("student" if g == "all" else f"student, labels of {g}"): {k: m[k] for k in SHOWN}
         for g, m in metrics.items()
     }
+    metric, chosen_on = "mAP", inp.eval_set
+    if inp.val_set is not None:
+        val = evaluate_multilabel(stages["student"].path, inp.val_set)["all"]
+        res.table["student, validation set"] = {k: val[k] for k in SHOWN}
+        res.val_source, res.val_accuracy = str(cfg.val), val["mAP"]
+        metrics["all"].update({f"val_{k}": v for k, v in val.items()})
+        metric, chosen_on = "val_mAP", inp.val_set
+    res.champion_chosen_on = f"{metric} of {cfg.val if inp.val_set is not None else cfg.eval}"
     lineage = {
         "teachers": [t.lineage() for t in inp.teachers], **inp.recipe.to_dict(),
         "schedule": inp.schedule.to_dict(), "transfer_fingerprint": stages["transfer"].value,
         "classes": list(inp.space.classes), "mlflow_run_id": res.mlflow_run_id,
         "eval_source": res.eval_source, "metrics": {**metrics["all"], **_group_metrics(metrics)},
+        "champion_chosen_on": res.champion_chosen_on,
     }  # fmt: skip
-    stages["register"] = register_multilabel(s, cfg.name, stages["student"], lineage, inp.eval_set)
+    stages["register"] = register_multilabel(s, cfg.name, stages["student"], lineage, chosen_on, metric)
     res.registered = stages["register"].value
     res.seconds = time.perf_counter() - t0
     publish(res, s.run.summary, s.client)
