@@ -217,7 +217,7 @@ def _mosaics(root: Path) -> dict[str, Path]:
         find_fashion_mnist()
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST is not installed (scripts/setup.sh installs it)")
-    return write_fashion_mosaics(root, {"train": 240, "test": 80}, seed=0)
+    return write_fashion_mosaics(root, {"train": 240, "val": 40, "test": 80}, seed=0)
 
 
 def _teacher(registry, name: str, classes: list[int], data, tags: dict, thresholds=None, seed: int = 0):
@@ -233,7 +233,7 @@ def _teacher(registry, name: str, classes: list[int], data, tags: dict, threshol
 
 @pytest.fixture(scope="module")
 def tiny_multilabel_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Tiny mosaics (240 train, 80 test) and tiny teachers: one over all labels (the distillation
+    """Tiny mosaics (240 train, 40 val, 80 test) and tiny teachers: one over all labels (the distillation
     job's), three over overlapping subsets (zoo tinyml), one multi-class model (for the mix refusal)."""
     from zoo.multilabel import read_multilabel
     from zoo.registry import Registry
@@ -264,19 +264,23 @@ def test_distill_job_views_then_rerun_skips(ray_session, tiny_multilabel_zoo, ca
     z = tiny_multilabel_zoo
     main = _job("distill_multilabel")
     argv = ["--teacher", "ml-all", "--data", str(z["data"]), "--name", "ml-student", "--pairing", "views",
-            "--epochs", "1", "--batch-size", "32", "--run-dir", str(z["tmp"] / "run-distill"),
+            "--epochs", "1", "--min-steps", "1", "--batch-size", "32",
+            "--run-dir", str(z["tmp"] / "run-distill"),
             "--tracking-uri", z["uri"]]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     run = z["tmp"] / "run-distill"
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["table"]) == {"student (3d-views)", "teacher ml-all"}
+    assert set(summary["table"]) == {"student (3d-views)", "teacher ml-all", "student (3d-views), val split"}
+    assert summary["champion_chosen_on"] == f"val_mAP of {z['data']} (val)"
     assert all(0 <= v <= 1 for row in summary["table"].values() for v in row.values())
     assert (run / "view2" / "logits.parquet").is_file() and (run / "labels.parquet").is_file()
     assert pq.read_table(run / "logits.parquet").num_rows == 240
     rec = z["registry"].get("ml-student", version=1)
     assert (
-        rec.tags["task"] == "multilabel" and rec.tags["metric"] == "mAP" and rec.tags["method"] == "3d-views"
+        rec.tags["task"] == "multilabel"
+        and rec.tags["metric"] == "val_mAP"
+        and rec.tags["method"] == "3d-views"
     )
     assert rec.spec.task == "multilabel" and rec.spec.thresholds == [0.5] * 10
     lineage = rec.spec.metadata["lineage"]
@@ -296,7 +300,8 @@ def test_unify_job_on_multilabel_teachers(ray_session, tiny_multilabel_zoo, caps
     z = tiny_multilabel_zoo
     main = _job("unify")
     argv = ["--zoo", "tinyml", "--transfer", str(z["train"]), "--eval", str(z["test"]),
-            "--name", "ml-unified", "--epochs", "1", "--batch-size", "32",
+            "--name", "ml-unified", "--epochs", "1", "--min-steps", "1", "--batch-size", "32",
+            "--val", str(z["val"]),
             "--run-dir", str(z["tmp"] / "run-unify"), "--tracking-uri", z["uri"]]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -306,7 +311,9 @@ def test_unify_job_on_multilabel_teachers(ray_session, tiny_multilabel_zoo, caps
         "student",
         "student, labels of 1 teacher",
         "student, labels of 2+ teachers",
+        "student, validation set",
     }
+    assert summary["champion_chosen_on"] == f"val_mAP of {z['val']}"
     assert summary["method"] == "union-mean" and summary["temperature"] == 1.0
     rec = z["registry"].get("ml-unified", version=1)
     assert rec.tags["task"] == "multilabel" and rec.spec.classes == sorted(rec.spec.classes, key=str.casefold)
