@@ -39,7 +39,7 @@ import torch
 from zoo.artifacts import InputSpec, ModelSpec, load_model, preprocess
 from zoo.config import DistillMultilabelConfig
 from zoo.labels import LabelSpace
-from zoo.multilabel import MultilabelSet, multilabel_metrics, read_multilabel, second_view
+from zoo.multilabel import MultilabelSet, multilabel_metrics, read_multilabel
 from zoo.multilabel.loss_fn import DistillRecipe, distill_loss_fn
 from zoo.pipeline import JobError
 from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult, fingerprint
@@ -241,7 +241,9 @@ def views_stages(
     """Stages for the views pairing: the flipped training images and the teacher's logits on them, in
     `<run>/view2/` (the same transfer and inference stages, in a run directory of their own)."""
     sub = RunDir(run.path("view2"), force=run.force, log=run.log).ensure()
-    flipped = np.ascontiguousarray(second_view(torch.from_numpy(np.asarray(inp.train.images))).numpy())
+    # `second_view` of the decoded images (H x W or H x W x C: the width is axis 1), as the loss flips
+    # the preprocessed ones; a list, so images of any sizes work.
+    flipped = [np.ascontiguousarray(np.asarray(im)[:, ::-1]) for im in inp.train.images]
     transfer = transfer_stage(sub, (flipped, inp.train.ids))
     return transfer, inference_stage(sub, transfer, [inp.teacher], inp.space, **infer)
 
