@@ -1,25 +1,37 @@
-"""Benchmark of the inference service (issue 6): requests/s and p50/p99 latency at several client
-concurrencies for three ways of serving the same registered model, in one run, over loopback:
+"""Benchmark of the inference service (issues 6 and 17): requests/s served, p50/p99 latency and refusals
+by status at several client concurrencies, for the same registered model served several ways, in one
+run, over loopback:
 
-- ``in-process``: threads calling the classifier directly (decode -> preprocess -> forward -> top-k);
-- ``plain``: one FastAPI + uvicorn process (a subprocess) with the same API code and the same classifier,
-  one request at a time through the model (no batching);
-- ``serve``: the Ray Serve application of serving/app.py, 1 replica, dynamic batching, with Serve's
-  defaults: client -> HTTP proxy actor -> replica (a Ray RPC, and the replica fetches the body back
-  from the proxy);
-- ``serve-direct``: the same application on a cluster started with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
-  (docs/serving.md, "Throughput mode"): the replica runs its own HTTP server (direct ingress) and the
-  client talks to it, no proxy hop.
+- ``plain``: one FastAPI + uvicorn process (a subprocess) with the same API code (serving/api.py) and the
+  same classifier, each request's forward pass in a worker thread, no batching, no queue bound;
+- ``serve``: the application **as the docs launch it** (serving/config.yaml): its ``args`` (batching,
+  ``max_ongoing_requests``, ``max_queued_requests``, 503 + Retry-After) on a Ray cluster with its
+  ``controller_options`` environment, the fast path (serving.config.FAST_PATH_ENV): the client talks to
+  Serve's HAProxy ingress on the HTTP port, which forwards to the replica's own HTTP server;
+- ``serve-direct``: the same without HAProxy (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` only): the client
+  talks to the replica's HTTP server itself (port 30000 up), which is what HAProxy adds to;
+- ``serve-proxy``: the same application on Serve's own defaults (client -> Python HTTP proxy actor ->
+  Ray call to the replica), the launch path before issue 17, with the same queue bound;
+- ``in-process``: threads calling the classifier directly (decode -> preprocess -> forward -> top-k).
 
-Each Serve flavour needs its own Ray cluster (the flag is read when Serve's processes start), so the
-run is made of blocks, one per flavour: in each block the plain server, the in-process calls and that
-flavour are measured interleaved, and each ratio is taken against the plain server of the same block.
+Each Serve flavour needs its own Ray cluster (Serve reads the flags when its processes start), so the
+run is made of blocks, one per flavour, each in a child process: in each block the plain server (and
+in-process calls) and that flavour are measured interleaved, and each ratio is taken against the plain
+server of the same block. Serve runs one replica unless ``--autoscale`` (then config.yaml's
+autoscaling; the ``replicas`` column says how many ran at the end of each cell).
+
+Clients: one keep-alive connection each, as many as the concurrency, each sending its next request when
+the last one is answered. A refusal (503/429) is counted by status and its latency kept apart; the
+client then waits the Retry-After the server sent, as a well-behaved client does (``--ignore-retry-after``
+retries at once instead). Every loop is bounded: at most ``--requests`` attempts per cell (at least
+``--per-client`` per client), no new request after ``--max-seconds``.
 
 Two models: the demo-like ``cnn`` at 28x28 grey (Fashion-MNIST PNGs) and ``resnet18`` at 224x224 RGB
-(random weights, JPEG images). Every loop is bounded: a fixed number of requests and a time cap.
+(random weights, JPEG images).
 
-    .venv/bin/python benchmarks/serve.py                    # writes benchmarks/results/serve.md
-    .venv/bin/python benchmarks/serve.py --models small --concurrency 1,32 --modes plain,serve-direct
+    .venv/bin/python benchmarks/serve.py        # the issue's run; writes benchmarks/results/serve.md
+    .venv/bin/python benchmarks/serve.py --models small --concurrency 1,32,256 --requests 200 \\
+        --max-seconds 3 --rounds 1 --out /tmp/serve-smoke.md   # a smoke run
 """
 
 from __future__ import annotations
@@ -37,9 +49,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,24 +71,32 @@ if "--torch-threads" in sys.argv:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
+CONFIG_YAML = ROOT / "serving" / "config.yaml"
 MODELS = {
     # name: (arch, channels, size, arch_kwargs, image format)
     "small": ("cnn", 1, 28, {}, "PNG"),
     "resnet18": ("resnet18", 3, 224, {}, "JPEG"),
 }
+# A short drain, so that each block's cluster stops quickly (Serve's default is 30 s in direct ingress).
+_QUICK_DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+def docs_env() -> dict[str, str]:
+    """The Serve environment serving/config.yaml gives the cluster (its controller_options)."""
+    return dict(yaml.safe_load(CONFIG_YAML.read_text())["controller_options"]["runtime_env"]["env_vars"])
+
 
 # Serve flavours: mode name -> environment of the Ray cluster that serves it.
 SERVE_FLAVOURS: dict[str, dict[str, str]] = {
-    "serve": {},
-    # Ray's throughput-optimized mode: direct ingress (the replica serves HTTP itself), user code on the
-    # replica's main event loop, buffered request logs. A short drain period keeps the shutdown quick.
-    "serve-direct": {
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-    },
+    "serve": {**docs_env(), **_QUICK_DRAIN},
+    "serve-direct": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "0", **_QUICK_DRAIN},
+    "serve-proxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
 }
 MODE_ORDER = ["in-process", "plain", *SERVE_FLAVOURS]
+REFUSALS = (503, 429)
+FAST_REFUSAL_MS = 100.0  # "a fast 503/429": p99 of the refusals' latency under this
 
 
 # ----------------------------------------------------------------------------------------- set-up
@@ -133,36 +154,64 @@ def make_images(key: str, size: int, n: int = 32) -> list[bytes]:
     return out
 
 
+def app_args(args: argparse.Namespace, name: str, uri: str, cache_dir: str) -> dict:
+    """serving/config.yaml's app args (what the docs deploy) for the benchmark's model and registry;
+    one fixed replica unless --autoscale; command-line batching overrides when given."""
+    (app,) = yaml.safe_load(CONFIG_YAML.read_text())["applications"]
+    cfg = {**app["args"], "name": name, "tracking_uri": uri, "cache_dir": cache_dir, "poll_interval_s": 0}
+    cfg["torch_threads"] = args.torch_threads
+    if not args.autoscale:
+        cfg.update(max_replicas=0, num_replicas=1)
+    for key in ("max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "max_queued_requests"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    return cfg
+
+
 # ----------------------------------------------------------------------------------------- load
 @dataclass
 class Result:
     mode: str
     concurrency: int
-    requests: int
-    errors: int
+    ok: int
     seconds: float
-    latencies_ms: list[float]
+    latencies_ms: list[float]  # answered 200
+    refused_ms: list[float] = field(default_factory=list)  # answered 503/429
+    statuses: dict[str, int] = field(
+        default_factory=dict
+    )  # every answer but 200, by status ("conn": no answer)
+    replicas: int | None = None
 
     @property
     def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else 0.0
+        """Requests served (200) per second."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
 
-    def pct(self, q: float) -> float:
-        if not self.latencies_ms:
+    def pct(self, q: float, refused: bool = False) -> float:
+        xs = sorted(self.refused_ms if refused else self.latencies_ms)
+        if not xs:
             return float("nan")
-        xs = sorted(self.latencies_ms)
         return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+    @property
+    def errors(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items())) or "-"
 
 
 def merge(rounds: list[Result]) -> Result:
-    """Rounds of one cell pooled: total requests over total time, all latencies."""
+    """Rounds of one cell pooled: total served over total time, all latencies, all statuses."""
+    statuses: Counter[str] = Counter()
+    for r in rounds:
+        statuses.update(r.statuses)
     return Result(
         rounds[0].mode,
         rounds[0].concurrency,
-        sum(r.requests for r in rounds),
-        sum(r.errors for r in rounds),
+        sum(r.ok for r in rounds),
         sum(r.seconds for r in rounds),
         [x for r in rounds for x in r.latencies_ms],
+        [x for r in rounds for x in r.refused_ms],
+        dict(statuses),
+        rounds[-1].replicas,
     )
 
 
@@ -172,10 +221,10 @@ def load_in_process(
     """``concurrency`` threads calling the classifier on one decoded image each time."""
     from serving.inference import decode_image
 
-    lock, counter, lat, errors = threading.Lock(), [0], [], [0]
+    lock, counter, lat, errors = threading.Lock(), [0], [], Counter()
     deadline = time.perf_counter() + cap_s
 
-    def worker(i: int) -> None:
+    def worker() -> None:
         while True:
             with lock:
                 if counter[0] >= n or time.perf_counter() > deadline:
@@ -187,68 +236,82 @@ def load_in_process(
                 classifier.predict([decode_image(bodies[k % len(bodies)], max_pixels=max_pixels)], 5)
                 with lock:
                     lat.append((time.perf_counter() - t0) * 1000)
-            except Exception:
+            except Exception as exc:
                 with lock:
-                    errors[0] += 1
+                    errors[type(exc).__name__] += 1
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return Result("in-process", concurrency, len(lat), errors[0], time.perf_counter() - t0, lat)
+    return Result("in-process", concurrency, len(lat), time.perf_counter() - t0, lat, [], dict(errors))
 
 
 async def _load_http(
-    url: str, bodies: list[bytes], ctype: str, concurrency: int, n: int, cap_s: float, token: str
+    url: str, bodies: list[bytes], ctype: str, concurrency: int, n: int, cap_s: float, honour_retry: bool
 ) -> Result:
     import aiohttp
 
     headers = {"Content-Type": ctype}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    state = {"sent": 0, "errors": 0}
+    state = {"sent": 0}
     lat: list[float] = []
+    refused: list[float] = []
+    statuses: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=max(cap_s, 60))
+    timeout = aiohttp.ClientTimeout(total=max(cap_s, 120))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def post(body: bytes) -> tuple[int | None, float, str | None]:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(f"{url}/v1/classify", data=body, headers=headers) as r:
+                    await r.read()
+                    return r.status, (time.perf_counter() - t0) * 1000, r.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return None, (time.perf_counter() - t0) * 1000, None
 
         async def worker() -> None:
             while state["sent"] < n and time.perf_counter() < deadline:
                 state["sent"] += 1
-                body = bodies[state["sent"] % len(bodies)]
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/v1/classify", data=body, headers=headers) as r:
-                        await r.read()
-                        if r.status == 200:
-                            lat.append((time.perf_counter() - t0) * 1000)
-                        else:
-                            state["errors"] += 1
-                except Exception:
-                    state["errors"] += 1
+                status, ms, retry_after = await post(bodies[state["sent"] % len(bodies)])
+                if status == 200:
+                    lat.append(ms)
+                    continue
+                statuses["conn" if status is None else str(status)] += 1
+                if status in REFUSALS:
+                    refused.append(ms)
+                    if honour_retry and retry_after:
+                        await asyncio.sleep(min(float(retry_after), max(0.0, deadline - time.perf_counter())))
+
+        # warm-up, not counted: connections and the first batches (at most 32 at once: a warm-up over the
+        # service's capacity would only be refused)
+        warm = asyncio.Semaphore(32)
 
         async def warm_up() -> None:
-            try:
-                async with session.post(f"{url}/v1/classify", data=bodies[0], headers=headers) as r:
-                    await r.read()
-            except aiohttp.ClientError:
-                state["errors"] += 1
+            async with warm:
+                await post(bodies[0])
 
-        # warm-up: one request per worker, not counted (connections, first batches)
         await asyncio.gather(*(warm_up() for _ in range(concurrency)))
         deadline = time.perf_counter() + cap_s  # the cap counts from the end of the warm-up
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - t0
-    return Result("", concurrency, len(lat), state["errors"], seconds, lat)
+    return Result("", concurrency, len(lat), seconds, lat, refused, dict(statuses))
 
 
 def load_http(
-    mode: str, url: str, bodies: list[bytes], ctype: str, concurrency: int, n: int, cap_s: float, token: str
+    mode: str,
+    url: str,
+    bodies: list[bytes],
+    ctype: str,
+    concurrency: int,
+    n: int,
+    cap_s: float,
+    honour_retry: bool,
 ) -> Result:
-    result = asyncio.run(_load_http(url, bodies, ctype, concurrency, n, cap_s, token))
+    result = asyncio.run(_load_http(url, bodies, ctype, concurrency, n, cap_s, honour_retry))
     result.mode = mode
     return result
 
@@ -307,7 +370,7 @@ def run_plain_server(args: argparse.Namespace) -> None:
         torch.set_num_threads(cfg.torch_threads)
     set_pixel_limit(cfg.max_pixels)
     app = make_api(PlainBackend(cfg), cfg, title="plain baseline")
-    # keep-alive as long as Serve's proxy (90 s): with uvicorn's 5 s default, a client reusing a connection
+    # keep-alive as long as Serve's (90 s): with uvicorn's 5 s default, a client reusing a connection
     # while the server is busy can race the keep-alive timer and see a disconnect
     uvicorn.run(
         app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, timeout_keep_alive=90
@@ -335,9 +398,9 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 # ----------------------------------------------------------------------------------------- Serve
 @contextmanager
-def serve_cluster() -> Iterator[str]:
-    """A private local Ray cluster with Serve's HTTP proxy on a free loopback port; yields its URL. The
-    flavour's environment is the process's own (see run_block_subprocess)."""
+def serve_cluster(http_options: dict) -> Iterator[str]:
+    """A private local Ray cluster (its environment is this process's: run_block_subprocess sets the
+    flavour's) with Serve's HTTP ingress on a free loopback port; yields its URL."""
     import ray
     from ray import serve
 
@@ -345,7 +408,7 @@ def serve_cluster() -> Iterator[str]:
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         yield f"http://127.0.0.1:{port}"
     finally:
         try:
@@ -373,22 +436,73 @@ def direct_ingress_url(app_name: str, timeout: float) -> str:
     raise TimeoutError(f"no direct-ingress target for {app_name!r} after {timeout} s")
 
 
+def running_replicas(app_name: str) -> int | None:
+    from ray import serve
+
+    try:
+        deployment = serve.status().applications[app_name].deployments["ZooClassifier"]
+        return int(deployment.replica_states.get("RUNNING", 0))
+    except Exception:  # the count is informative only
+        return None
+
+
 # ----------------------------------------------------------------------------------------- report
 def table(model: str, block: str, results: list[Result]) -> list[str]:
     plain = {r.concurrency: r.rps for r in results if r.mode == "plain"}
     lines = [
         f"### {model}: {block} block",
         "",
-        "| mode | concurrency | requests | errors | req/s | p50 ms | p99 ms | req/s vs plain |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | concurrency | served | req/s | p50 ms | p99 ms | refused p99 ms | not 200, by status | "
+        "replicas | req/s vs plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in sorted(results, key=lambda r: (r.concurrency, MODE_ORDER.index(r.mode))):
         ratio = r.rps / plain[r.concurrency] if plain.get(r.concurrency) else float("nan")
+        refused = f"{r.pct(0.99, refused=True):.1f}" if r.refused_ms else "-"
+        replicas = "" if r.replicas is None else str(r.replicas)
         lines.append(
-            f"| {r.mode} | {r.concurrency} | {r.requests} | {r.errors} | {r.rps:.1f} | {r.pct(0.5):.1f} | "
-            f"{r.pct(0.99):.1f} | {ratio:.2f}x |"
+            f"| {r.mode} | {r.concurrency} | {r.ok} | {r.rps:.1f} | {r.pct(0.5):.1f} | {r.pct(0.99):.1f} | "
+            f"{refused} | {r.errors} | {replicas} | {ratio:.2f}x |"
         )
     return lines + [""]
+
+
+def goals(key: str, flavour: str, results: list[Result]) -> list[str]:
+    """Issue 17's goals for one model and Serve flavour: rows of model | flavour | goal | measured | met?"""
+    by = {(r.mode, r.concurrency): r for r in results}
+    rows: list[tuple[str, str, bool]] = []
+
+    def ratio(c: int) -> float | None:
+        s, p = by.get((flavour, c)), by.get(("plain", c))
+        return s.rps / p.rps if s and p and p.rps else None
+
+    if key == "small":
+        for c, want in ((1, 0.9), (32, 2.5)):
+            if (x := ratio(c)) is not None:
+                rows.append((f"c={c}: Serve / plain >= {want}x", f"{x:.2f}x", x >= want))
+        peak = by.get((flavour, 32))
+        for c in (128, 256):
+            s = by.get((flavour, c))
+            if s is None:
+                continue
+            if peak is not None and peak.rps:
+                share = s.rps / peak.rps
+                rows.append((f"c={c}: req/s >= 0.8 x the c=32 peak", f"{share:.2f} x the peak", share >= 0.8))
+            other = {k: v for k, v in s.statuses.items() if k not in map(str, REFUSALS)}
+            fast = not s.refused_ms or s.pct(0.99, refused=True) < FAST_REFUSAL_MS
+            shown = f"{len(s.refused_ms)} refused"
+            if s.refused_ms:
+                shown += f", p99 {s.pct(0.99, refused=True):.0f} ms"
+            shown += f"; other: {other or '-'}"
+            rows.append(
+                (f"c={c}: every refusal a 503/429 in < {FAST_REFUSAL_MS:.0f} ms", shown, fast and not other)
+            )
+            rows.append((f"c={c}: p99 of the served < 1 s", f"{s.pct(0.99):.0f} ms", s.pct(0.99) < 1000))
+    else:
+        for c in sorted({c for _, c in by}):
+            if (x := ratio(c)) is not None:
+                rows.append((f"c={c}: Serve / plain >= 1x", f"{x:.2f}x", x >= 1.0))
+    return [f"| {key} | {flavour} | {g} | {m} | {'yes' if ok else 'no'} |" for g, m, ok in rows]
 
 
 def machine() -> str:
@@ -414,37 +528,42 @@ def loadavg() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
 
 
-TARGETS = {1: (">= 0.7x", lambda x: x >= 0.7), 32: ("> 1x", lambda x: x > 1.0)}
-
-
 # ----------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="small,resnet18", help=f"comma-separated among {', '.join(MODELS)}")
-    p.add_argument("--concurrency", default="1,8,32")
-    p.add_argument("--requests", type=int, default=600, help="requests per cell (mode x concurrency)")
-    p.add_argument("--max-seconds", type=float, default=15.0, help="time cap per cell")
+    p.add_argument("--concurrency", default="1,8,32,128,256")
+    p.add_argument("--requests", type=int, default=3000, help="at most this many requests per cell and round")
+    p.add_argument("--per-client", type=int, default=8, help="... but at least this many per client")
+    p.add_argument("--max-seconds", type=float, default=8.0, help="no new request after this, per cell")
     p.add_argument("--resnet-size", type=int, default=224)
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads of every mode's model")
     p.add_argument(
-        "--serve-torch-threads",
-        type=int,
-        default=0,
-        help="torch threads of the Serve replica's batched forward pass (0: --torch-threads). The plain "
-        "server runs one forward pass per request in concurrent worker threads, so it can use every core "
-        "with 1 thread each; a replica runs one batch at a time and needs intra-op threads for that",
+        "--autoscale", action="store_true", help="keep config.yaml's autoscaling (default: 1 replica)"
     )
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--batch-wait-s", type=float, default=0.0)
+    p.add_argument("--ignore-retry-after", action="store_true", help="retry a refused request at once")
+    for key, kind in (
+        ("max_batch_size", int),
+        ("batch_wait_timeout_s", float),
+        ("max_ongoing_requests", int),
+        ("max_queued_requests", int),
+    ):
+        p.add_argument(f"--{key.replace('_', '-')}", type=kind, help="override serving/config.yaml's value")
     p.add_argument(
-        "--modes", default=",".join(MODE_ORDER), help=f"comma-separated among {', '.join(MODE_ORDER)}"
+        "--modes",
+        default="plain,serve,serve-direct",
+        help=f"comma-separated among {', '.join(MODE_ORDER)}",
     )
     p.add_argument("--rounds", type=int, default=2, help="rounds over all cells, mode order rotated")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.md"))
     p.add_argument("--plain-server", help=argparse.SUPPRESS)  # internal: run the baseline server
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--block", help=argparse.SUPPRESS)  # internal: run one Serve block (a child process)
-    args = p.parse_args(argv)
+    return p, p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p, args = parse_args(argv)
     if args.plain_server:
         return run_plain_server(args)
     if args.block:
@@ -467,9 +586,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{header}; load average at start {load_start}", flush=True)
     sections: list[str] = []
     summary: list[str] = []
+    goal_rows: list[str] = []
     # One block per Serve flavour (each on its own Ray cluster); without a Serve mode, one block.
     flavours = [m for m in modes if m in SERVE_FLAVOURS] or [None]
     local = [m for m in modes if m not in SERVE_FLAVOURS]
+    cfg_shown = None
 
     with tempfile.TemporaryDirectory(prefix="zoo-bench-serve-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -479,16 +600,8 @@ def main(argv: list[str] | None = None) -> None:
             name = register(registry, key, size)
             bodies = make_images(key, size)
             ctype = "image/png" if MODELS[key][4] == "PNG" else "image/jpeg"
-            cfg_args = {
-                "name": name,
-                "tracking_uri": uri,
-                "cache_dir": str(Path(tmp) / "cache"),
-                "torch_threads": args.torch_threads,
-                "poll_interval_s": 0,
-                "max_batch_size": args.max_batch_size,
-                "batch_wait_timeout_s": args.batch_wait_s,
-                "max_ongoing_requests": max(64, 2 * args.max_batch_size),
-            }
+            cfg_args = app_args(args, name, uri, str(Path(tmp) / "cache"))
+            cfg_shown = cfg_args
             arch, channels, _, _, fmt = MODELS[key]
             label = f"{key}: {arch} at {size}x{size}, {channels} channel(s), {fmt} requests"
             clf = load_classifier(registry, name, alias="champion", device=torch.device("cpu"))
@@ -515,13 +628,12 @@ def main(argv: list[str] | None = None) -> None:
                         s, pl = by.get((flavour, c)), by.get(("plain", c))
                         if s is None or pl is None or not pl.rps:
                             continue
-                        ratio = s.rps / pl.rps
-                        target, ok = TARGETS.get(c, ("", None))
-                        met = "" if ok is None else ("yes" if ok(ratio) else "no")
                         summary.append(
-                            f"| {key} | {flavour} | {c} | {s.rps:.1f} | {pl.rps:.1f} | {ratio:.2f}x | "
-                            f"{target} | {met} |"
+                            f"| {key} | {flavour} | {c} | {s.rps:.1f} | {pl.rps:.1f} | "
+                            f"{s.rps / pl.rps:.2f}x | {s.pct(0.99):.0f} | {pl.pct(0.99):.0f} | {s.errors} |"
                         )
+                    if flavour is not None and "plain" in modes:
+                        goal_rows += goals(key, flavour, results)
             finally:
                 if proc is not None:
                     stop_process(proc)
@@ -529,35 +641,46 @@ def main(argv: list[str] | None = None) -> None:
 
     load_end = loadavg()
     cmd = "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    shown = {k: v for k, v in (cfg_shown or {}).items() if k not in ("name", "tracking_uri", "cache_dir")}
     md = [
-        "# Inference service benchmark (issue 6)",
+        "# Inference service benchmark (issues 6 and 17)",
         "",
         f"- command: `{cmd.strip()}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC to {datetime.now(timezone.utc):%H:%M} UTC",
         f"- machine: {header}",
         f"- load average at start: {load_start}; at end: {load_end} (a machine shared with other jobs: "
         "compare ratios within a block, not absolute numbers across runs)",
-        f"- per cell and round: at most {args.requests} requests or {args.max_seconds:.0f} s, {args.rounds} "
-        "rounds pooled (modes interleaved, order rotated each round); loopback HTTP, aiohttp client in the "
-        "benchmark process, one keep-alive connection per client; "
-        f"torch threads per model: {args.torch_threads} (Serve replica: "
-        f"{args.serve_torch_threads or args.torch_threads}); Serve: 1 replica, max_batch_size "
-        f"{args.max_batch_size}, batch_wait_timeout_s {args.batch_wait_s}, max_ongoing_requests "
-        f"{max(64, 2 * args.max_batch_size)}",
+        f"- per cell and round: at most max({args.requests}, {args.per_client} x concurrency) requests, "
+        "none started after "
+        f"{args.max_seconds:.0f} s; {args.rounds} round(s) pooled (modes interleaved, order rotated each "
+        "round); loopback HTTP, aiohttp client in the benchmark process, one keep-alive connection per "
+        "client; refused clients "
+        + ("retry at once" if args.ignore_retry_after else "wait the Retry-After they were sent")
+        + f"; torch threads per model: {args.torch_threads}",
+        f"- Serve app args (serving/config.yaml with the benchmark's model): `{json.dumps(shown)}`",
+        f"- Serve flavours' environments: `{json.dumps({m: SERVE_FLAVOURS[m] for m in flavours if m})}`",
         "",
-        "Modes: `in-process` = threads calling the classifier (decode, preprocess, forward, top-k) directly; "
-        "`plain` = one FastAPI + uvicorn process with the same API code (serving/api.py) and classifier, "
-        "each request's forward pass in a worker thread, no batching; `serve` = serving/app.py on Ray Serve "
-        "with Serve's defaults (client -> HTTP proxy actor -> replica, `@serve.batch`); `serve-direct` = the "
-        "same application on a Ray cluster started with `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (the replica's "
-        "own HTTP server, no proxy). Each Serve flavour runs in its own block (its own Ray cluster) with the "
-        "plain server and in-process calls measured interleaved beside it; ratios are within a block. "
-        "Latencies are per request as the client sees them.",
+        "Modes: `plain` = one FastAPI + uvicorn process with the same API code (serving/api.py) and "
+        "classifier, each request's forward pass in a worker thread, no batching, no queue bound; `serve` = "
+        "serving/app.py as the docs launch it (serving/config.yaml: throughput-optimized Serve behind its "
+        "HAProxy ingress on the HTTP port, `@serve.batch`, bounded queue with 503 + Retry-After); "
+        "`serve-direct` = the same without HAProxy, the client on the replica's own port; `serve-proxy` = "
+        "Serve's default path (Python HTTP proxy actor -> replica); `in-process` = threads calling the "
+        "classifier directly. Each Serve flavour runs in its own block (its own Ray cluster) with the plain "
+        "server measured interleaved beside it; ratios are within a block. req/s counts served (200) "
+        "requests; latencies are per request as the client sees them, refusals apart.",
         "",
-        "## Serve vs plain FastAPI + uvicorn (req/s, same block)",
+        "## Goals of issue 17",
         "",
-        "| model | Serve flavour | concurrency | Serve req/s | plain req/s | Serve / plain | target | met? |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| model | Serve flavour | goal | measured | met? |",
+        "| --- | --- | --- | --- | --- |",
+        *goal_rows,
+        "",
+        "## Serve vs plain FastAPI + uvicorn (same block)",
+        "",
+        "| model | Serve flavour | concurrency | Serve req/s | plain req/s | Serve / plain | Serve p99 ms | "
+        "plain p99 ms | Serve: not 200 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *summary,
         "",
         "## Tables",
@@ -572,6 +695,12 @@ def main(argv: list[str] | None = None) -> None:
     tmp_out.write_text(text)
     tmp_out.replace(out)
     print(f"wrote {out}")
+
+
+def cell_requests(args: argparse.Namespace, concurrency: int) -> int:
+    """The cap on requests of one cell: --requests, but at least --per-client per client, so that every
+    client keeps sending for the whole cell (a cap under the concurrency would never load the server)."""
+    return max(args.requests, args.per_client * concurrency)
 
 
 def run_block(
@@ -589,20 +718,26 @@ def run_block(
     """All cells of one block: modes interleaved per concurrency level, their order rotated each round
     (on a shared machine the load drifts, and it must not favour one mode)."""
     runs: dict[tuple[str, int], list[Result]] = {}
+    app_name = f"bench-{key}"
+    honour = not args.ignore_retry_after
 
     def measure(serve_url: str | None) -> None:
         for rnd in range(args.rounds):
             for c in levels:
                 order = modes[rnd % len(modes) :] + modes[: rnd % len(modes)]
+                n = cell_requests(args, c)
                 for mode in order:
                     if mode == "in-process":
-                        r = load_in_process(clf, bodies, c, args.requests, args.max_seconds, 4096 * 4096)
+                        r = load_in_process(clf, bodies, c, n, args.max_seconds, 4096 * 4096)
                     else:
                         url = plain_url if mode == "plain" else serve_url
-                        r = load_http(mode, url, bodies, ctype, c, args.requests, args.max_seconds, "")
+                        r = load_http(mode, url, bodies, ctype, c, n, args.max_seconds, honour)
+                        if mode == flavour:
+                            r.replicas = running_replicas(app_name)
                     runs.setdefault((mode, c), []).append(r)
                     print(
-                        f"{key} [{flavour or 'local'}] round {rnd} {mode} c={c}: {r.rps:.1f} req/s",
+                        f"{key} [{flavour or 'local'}] round {rnd} {mode} c={c}: {r.rps:.1f} req/s, "
+                        f"p99 {r.pct(0.99):.0f} ms, not 200: {r.errors}",
                         flush=True,
                     )
 
@@ -613,12 +748,10 @@ def run_block(
 
         from serving.app import build_app
 
-        app_name = f"bench-{key}"
-        serve_args = {**cfg_args, "torch_threads": args.serve_torch_threads or args.torch_threads}
-        with serve_cluster() as proxy_url:
-            serve.run(build_app(serve_args), name=app_name, route_prefix="/", blocking=False)
-            wait_healthy(proxy_url, 180)
-            url = direct_ingress_url(app_name, 60) if flavour == "serve-direct" else proxy_url
+        with serve_cluster({}) as ingress_url:
+            serve.run(build_app(cfg_args), name=app_name, route_prefix="/", blocking=False)
+            wait_healthy(ingress_url, 180)
+            url = direct_ingress_url(app_name, 60) if flavour == "serve-direct" else ingress_url
             print(f"{key} [{flavour}] at {url}", flush=True)
             measure(url)
             serve.delete(app_name)
@@ -629,8 +762,14 @@ def run_block_subprocess(
     args: argparse.Namespace, key: str, flavour: str, modes: list[str], levels: list[int], plain_url, cfg_args
 ) -> list[Result]:
     """A Serve block in a child process started with the flavour's environment: Serve reads it when
-    its modules are imported, in the driver as in the cluster, so each flavour needs a fresh process."""
-    with tempfile.TemporaryDirectory(prefix="zoo-bench-block-") as tmp:
+    its modules are imported, in the driver as in the cluster, so each flavour needs a fresh process.
+    HAProxy's files and ports are the block's own (serving.config.isolated_haproxy_env)."""
+    from serving.config import isolated_haproxy_env
+
+    with (
+        tempfile.TemporaryDirectory(prefix="zoo-bench-block-") as tmp,
+        tempfile.TemporaryDirectory(prefix="hap-", dir="/tmp") as haproxy_dir,
+    ):
         out = Path(tmp) / "results.json"
         spec = {
             "key": key,
@@ -643,22 +782,18 @@ def run_block_subprocess(
         }
         cmd = [sys.executable, __file__, "--block", json.dumps(spec)]
         cmd += ["--requests", str(args.requests), "--max-seconds", str(args.max_seconds)]
+        cmd += ["--per-client", str(args.per_client)]
         cmd += ["--rounds", str(args.rounds), "--torch-threads", str(args.torch_threads)]
-        cmd += [
-            "--serve-torch-threads",
-            str(args.serve_torch_threads),
-            "--resnet-size",
-            str(args.resnet_size),
-        ]
-        env = {**os.environ, **SERVE_FLAVOURS[flavour]}
+        cmd += ["--resnet-size", str(args.resnet_size)]
+        if args.ignore_retry_after:
+            cmd.append("--ignore-retry-after")
+        env = {**os.environ, **isolated_haproxy_env(haproxy_dir), **SERVE_FLAVOURS[flavour]}
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=3600)
         return [Result(**r) for r in json.loads(out.read_text())]
 
 
 def run_block_child(args: argparse.Namespace) -> None:
     """The child side of run_block_subprocess: load the model, run the block, write the results."""
-    import dataclasses
-
     import torch
 
     from serving.inference import load_classifier
@@ -676,7 +811,7 @@ def run_block_child(args: argparse.Namespace) -> None:
     results = run_block(
         args, key, spec["flavour"], spec["modes"], spec["levels"], clf, bodies, ctype, spec["plain_url"], cfg
     )
-    Path(spec["out"]).write_text(json.dumps([dataclasses.asdict(r) for r in results]))
+    Path(spec["out"]).write_text(json.dumps([asdict(r) for r in results]))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serving.config import ServeConfig
 from serving.inference import CONTENT_TYPES, Classifier, InputError, Prediction, decode_image
@@ -53,25 +54,49 @@ def error_response(
 
 
 class BearerAuth:
-    """ASGI middleware: every path but PUBLIC_PATHS needs ``Authorization: Bearer <token>``. Pure ASGI
-    (not BaseHTTPMiddleware) so it costs next to nothing per request."""
+    """ASGI middleware: every path but PUBLIC_PATHS needs ``Authorization: Bearer <token>``; the scheme
+    is case-insensitive (RFC 7235: ``bearer`` and ``BEARER`` too), the token is compared in constant
+    time. Pure ASGI (not BaseHTTPMiddleware) so it costs next to nothing per request."""
 
     def __init__(self, app: Any, token: str):
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if not hmac.compare_digest(given, self.expected):
-            detail = (
-                "wrong bearer token"
-                if given
-                else "missing bearer token: send 'Authorization: Bearer <token>'"
-            )
+        scheme, _, token = given.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+            if not given:
+                detail = "missing bearer token: send 'Authorization: Bearer <token>'"
+            elif scheme.lower() != b"bearer":
+                detail = "wrong authorization scheme: send 'Authorization: Bearer <token>'"
+            else:
+                detail = "wrong bearer token"
             response = error_response(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class RequestLineLimit:
+    """ASGI middleware: a request whose target (path and query) is over ``limit`` bytes gets a JSON
+    414 ``uri_too_long``. The HTTP servers in front (HAProxy's 16 KiB buffer, uvicorn) have larger
+    limits of their own, so between this one and theirs the client gets the API's error shape."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+            if size > self.limit:
+                detail = (
+                    f"request target of {size} bytes is over the limit of {self.limit} bytes: "
+                    "send images in the body, not in the URL"
+                )
+                return await error_response(414, "uri_too_long", detail)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -103,8 +128,6 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 async def parse_multipart(request: Request, body: bytes, max_items: int) -> list[bytes]:
     """The files of a multipart/form-data body (any field names), in order."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     parser = MultiPartParser(
         request.headers, _once(body), max_files=max_items, max_fields=16, max_part_size=64 * 1024
     )
@@ -202,40 +225,7 @@ def make_api(backend: Backend, cfg: ServeConfig, title: str = "zoo inference") -
         except Exception as exc:
             return error_response(503, "reload_failed", f"kept the current model: {exc}")
 
-    @app.post(
-        "/v1/classify",
-        tags=["model"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "image/png": {"schema": {"type": "string", "format": "binary"}},
-                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-                    "image/webp": {"schema": {"type": "string", "format": "binary"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                        }
-                    },
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["images"],
-                            "properties": {
-                                "images": {
-                                    "type": "array",
-                                    "items": {"type": "string", "description": "base64 image or data: URL"},
-                                    "maxItems": cfg.max_batch_items,
-                                },
-                                "top_k": {"type": "integer", "minimum": 1},
-                            },
-                        }
-                    },
-                },
-            }
-        },
-    )
+    @app.post("/v1/classify", tags=["model"], openapi_extra=classify_schema(cfg.max_batch_items))
     async def classify(
         request: Request,
         top_k: int | None = Query(None, ge=1, description=f"classes to return (default {cfg.top_k})"),
@@ -243,36 +233,84 @@ def make_api(backend: Backend, cfg: ServeConfig, title: str = "zoo inference") -
         """Top-k classes with probabilities. A raw image body or a multipart form with one file gives
         ``{"model", "predictions"}``; a JSON batch ``{"images": [base64, ...]}`` or a multipart form with
         several files gives ``{"model", "results": [{"predictions"}, ...]}``."""
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media not in RAW_TYPES and media not in ("multipart/form-data", "application/json"):
-            shown = media or "none"
-            raise InputError(
-                f"unsupported content type {shown!r}: send {ACCEPTED}", 415, "unsupported_media_type"
-            )
-        body = await read_body(request, cfg.max_body_bytes)
-        if not body:
-            raise InputError("empty body: send an image", 400, "empty_body")
-        batch = True
-        if media == "application/json":
-            blobs, json_k = parse_json_batch(body, cfg.max_batch_items)
-            top_k = top_k or json_k
-        elif media == "multipart/form-data":
-            blobs = await parse_multipart(request, body, cfg.max_batch_items)
-            batch = len(blobs) > 1
-        else:
-            blobs, batch = [body], False
-        names = [f"images[{i}]" for i in range(len(blobs))] if batch else ["the image"]
-        images = [decode_image(b, max_pixels=cfg.max_pixels, what=n) for b, n in zip(blobs, names)]
-        results = await backend.classify(images, top_k or cfg.top_k)
-        return format_results(results, batch)
+        images, batch, json_k = await read_images(request, cfg)
+        results = await backend.classify(images, top_k or json_k or cfg.top_k)
+        return response_body(results, batch)
 
     if cfg.token:
         app.add_middleware(BearerAuth, token=cfg.token)
+    app.add_middleware(RequestLineLimit, limit=cfg.max_request_line_bytes)  # outermost: added last
     return app
 
 
-def format_results(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
-    first = results[0].to_dict()
+def classify_schema(max_items: int) -> dict[str, Any]:
+    """The request bodies `POST /v1/classify` takes, for the OpenAPI page."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    images = {"type": "array", "items": {"type": "string", "description": "base64 image or data: URL"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "image/png": binary,
+                "image/jpeg": binary,
+                "image/webp": binary,
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["images"],
+                        "properties": {
+                            "images": {**images, "maxItems": max_items},
+                            "top_k": {"type": "integer", "minimum": 1},
+                        },
+                    }
+                },
+            },
+        }
+    }
+
+
+async def read_images(request: Request, cfg: ServeConfig) -> tuple[list[Any], bool, int | None]:
+    """(decoded images, whether the request was a batch, the JSON body's top_k) of a classify request;
+    InputError (415, 400, 413, 422) for what cannot be served."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in RAW_TYPES and media not in ("multipart/form-data", "application/json"):
+        raise InputError(
+            f"unsupported content type {media or 'none'!r}: send {ACCEPTED}", 415, "unsupported_media_type"
+        )
+    body = await read_body(request, cfg.max_body_bytes)
+    if not body:
+        raise InputError("empty body: send an image", 400, "empty_body")
+    batch, json_k = True, None
+    if media == "application/json":
+        blobs, json_k = parse_json_batch(body, cfg.max_batch_items)
+    elif media == "multipart/form-data":
+        blobs = await parse_multipart(request, body, cfg.max_batch_items)
+        batch = len(blobs) > 1
+    else:
+        blobs, batch = [body], False
+    names = [f"images[{i}]" for i in range(len(blobs))] if batch else ["the image"]
+    return [decode_image(b, max_pixels=cfg.max_pixels, what=n) for b, n in zip(blobs, names)], batch, json_k
+
+
+def response_body(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
+    """The JSON answer of /v1/classify, built here only: ``{"predictions", "model"}`` for one image,
+    ``{"model", "results": [{"predictions", "model"}, ...]}`` for a batch. Answers with more than the
+    top-k (every label's probability, multi-label decisions) belong in prediction_json."""
+    first = prediction_json(results[0])
     if not batch:
         return first
-    return {"model": first["model"], "results": [r.to_dict() for r in results]}
+    return {"model": first["model"], "results": [prediction_json(r) for r in results]}
+
+
+def prediction_json(p: Prediction) -> dict[str, Any]:
+    """One image's answer: its top-k classes with probabilities and the model version that gave them."""
+    return {
+        "predictions": [{"class": c, "probability": round(x, 6)} for c, x in zip(p.classes, p.probabilities)],
+        "model": {"name": p.name, "version": p.version},
+    }

@@ -6,9 +6,12 @@ Run it with::
     ZOO_MODEL_NAME=<model> serve run serving.app:app       # everything from the environment
     serve deploy serving/config.yaml                       # a deploy config (running cluster)
 
-With ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` exported where Ray starts, the replica also serves HTTP itself
-(port 30000 up) without the proxy hop, which for a small model costs several times the model
-(docs/serving.md, "Throughput mode"; benchmarks/serve.py).
+Each of them takes the fast path (serving.config.FAST_PATH_ENV): the replicas serve HTTP themselves
+behind Serve's HAProxy ingress on the HTTP port, without the Python proxy hop that costs a small model
+several times its forward pass (docs/serving.md, "How a request travels"; benchmarks/serve.py). A
+replica holds at most ``max_ongoing_requests`` requests and queues at most ``max_queued_requests`` more;
+past that it answers 503 (or 429) with Retry-After at once, so overload sheds the excess instead of
+slowing every request down.
 
 Each replica loads the champion through the zoo's safe loader (on GPU when the replica has one), batches
 images across requests with ``@serve.batch``, and follows the alias: a background poll (and the
@@ -23,11 +26,13 @@ import os
 from typing import Any
 
 import numpy as np
+import ray
+import torch
 from ray import serve
 from ray.serve import Application
 
 from serving.api import make_api
-from serving.config import ConfigError, ServeConfig
+from serving.config import FAST_PATH_ENV, ConfigError, ServeConfig, export_fast_path
 from serving.inference import ChampionTracker, Classifier, Prediction, set_pixel_limit
 
 __all__ = ["ZooClassifier", "build_app", "app"]
@@ -39,8 +44,6 @@ class ZooClassifier:
     """One replica: the champion's classifier, a batch queue in front of it and the alias poll."""
 
     def __init__(self, config: dict[str, Any]):
-        import torch
-
         self.cfg = ServeConfig.from_dict(config)
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
@@ -78,7 +81,9 @@ class ZooClassifier:
         return await asyncio.to_thread(self.tracker.refresh)
 
     def model_status(self) -> dict[str, Any]:
-        return {"serving": {**self.tracker.status(), **self.batch_stats}}
+        # fast_path: whether Serve in this replica runs the flags of FAST_PATH_ENV (it reads them at start)
+        fast = all(os.environ.get(key) == value for key, value in FAST_PATH_ENV.items())
+        return {"serving": {**self.tracker.status(), **self.batch_stats, "fast_path": fast}}
 
     # ---------------------------------------------------------------- Serve hooks
     def check_health(self) -> None:
@@ -96,8 +101,15 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     ``token``, ``top_k``, ``max_batch_size``, ...) over the ZOO_* / MLFLOW_TRACKING_URI environment.
     Used by ``serve run serving.app:build_app name=...`` and by the ``import_path`` of a deploy config."""
     cfg = ServeConfig.from_args(args)
+    if not ray.is_initialized():
+        # `serve run serving.app:...` builds the app before it starts Ray: Ray's processes inherit this
+        # process's environment, so the fast path holds for them all. In a running cluster (a deploy
+        # config, tests, benchmarks) the cluster's own environment decides; nothing is changed here.
+        export_fast_path(os.environ)
     options: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "backpressure_config": cfg.backpressure,
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
     }
     if cfg.autoscaling is not None:

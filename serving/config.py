@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -25,6 +26,10 @@ ENV_VARS: dict[str, str] = {
     "ZOO_SERVE_MAX_BATCH_SIZE": "max_batch_size",
     "ZOO_SERVE_BATCH_WAIT_S": "batch_wait_timeout_s",
     "ZOO_SERVE_MAX_ONGOING_REQUESTS": "max_ongoing_requests",
+    "ZOO_SERVE_MAX_QUEUED_REQUESTS": "max_queued_requests",
+    "ZOO_SERVE_OVERLOAD_STATUS": "overload_status",
+    "ZOO_SERVE_RETRY_AFTER_S": "retry_after_s",
+    "ZOO_SERVE_MAX_REQUEST_LINE_BYTES": "max_request_line_bytes",
     "ZOO_SERVE_MAX_BODY_BYTES": "max_body_bytes",
     "ZOO_SERVE_MAX_PIXELS": "max_pixels",
     "ZOO_SERVE_MAX_BATCH_ITEMS": "max_batch_items",
@@ -37,6 +42,59 @@ ENV_VARS: dict[str, str] = {
     "ZOO_SERVE_NUM_GPUS": "num_gpus",
     "ZOO_SERVE_TORCH_THREADS": "torch_threads",
 }
+
+# The fast path (docs/serving.md, "How a request travels"): Serve's throughput-optimized mode (each
+# replica serves HTTP itself, no Python proxy hop) behind its HAProxy ingress on the HTTP port. Serve
+# reads these where Ray starts, in every Serve process: serving/config.yaml passes them to the controller
+# (which hands them to HAProxy and the replicas), build_app exports them before `serve run` starts Ray,
+# and cluster.yaml / cluster-onprem.yaml export them before `ray start`. Export one as "0" to opt out.
+FAST_PATH_ENV: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+# 97-byte socket path - "/" - 56-hex node id - "/metrics.sock"
+HAPROXY_DIR_MAX_CHARS = 97 - 1 - 56 - len("/metrics.sock")
+
+
+def export_fast_path(environ: MutableMapping[str, str]) -> None:
+    """Put FAST_PATH_ENV into ``environ`` where it is not set (an explicit "0" stays)."""
+    for key, value in FAST_PATH_ENV.items():
+        environ.setdefault(key, value)
+
+
+def isolated_haproxy_env(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """Environment that keeps one Serve cluster's HAProxy apart from another's on the same machine
+    (tests, benchmarks, two users): its files under ``directory`` (default /tmp/haproxy-serve) and
+    free ports for its stats page and metrics (default 8404 and 9101, on every interface) and for the
+    Python fallback proxy that Serve keeps beside HAProxy (default 8500 and 9500).
+
+    HAProxy puts its sockets at ``<directory>/<56-hex node id>/metrics.sock``, and a socket path has at
+    most 97 bytes, so ``directory`` must be short: e.g. ``tempfile.mkdtemp(prefix="hap-", dir="/tmp")``.
+    """
+    d = os.path.abspath(os.fspath(directory))
+    if len(d) > HAPROXY_DIR_MAX_CHARS:
+        raise ValueError(
+            f"HAProxy directory {d!r} has {len(d)} characters; its socket paths would pass the 97-byte limit "
+            f"of Unix sockets: use one of at most {HAPROXY_DIR_MAX_CHARS} characters, e.g. under /tmp"
+        )
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(d, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(d, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 # Short names accepted in args (``serve run serving.app:build_app model=models:/x@champion``).
 ALIASES = {
@@ -73,23 +131,34 @@ class ServeConfig:
     # next batch (measured in benchmarks/serve.py)
     batch_wait_timeout_s: float = 0.0
     max_ongoing_requests: int = 64
+    # overload (per replica): requests past max_ongoing_requests wait in a queue of at most
+    # max_queued_requests (-1: unbounded); past that Serve answers at once with overload_status (503 or
+    # 429) and a Retry-After header of retry_after_s (rounded up to whole seconds)
+    max_queued_requests: int = 64
+    overload_status: int = 503
+    retry_after_s: float = 1.0
     # bad-input limits
     max_body_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     max_batch_items: int = 32
+    max_request_line_bytes: int = 8192  # path + query of a request; over it: JSON 414
     # model updates: seconds between re-resolutions of the alias; 0 disables the poll (use /v1/reload)
     poll_interval_s: float = 10.0
-    # replicas: a fixed number, or autoscaling between min_replicas and max_replicas when max > min
+    # replicas: autoscaling between min_replicas and max_replicas (Serve adds one when the replicas hold
+    # more than target_ongoing_requests each; it starts where the cluster has room, or the cluster
+    # autoscaler adds a node), or a fixed num_replicas when max_replicas is 0
     num_replicas: int = 1
-    min_replicas: int = 0
-    max_replicas: int = 0
-    target_ongoing_requests: float = 16.0
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 32.0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     torch_threads: int = 0  # 0: leave torch's default (Ray sets OMP_NUM_THREADS to num_cpus)
 
     def __post_init__(self) -> None:
         if self.model_uri:
+            # Here, not at the top: zoo.registry imports torch, and the config is parsed where no model
+            # is loaded (the CLI, Serve's controller); only a model URI needs it.
             from zoo.registry import parse_model_uri
 
             try:
@@ -109,12 +178,19 @@ class ServeConfig:
                 "args, or ZOO_MODEL_NAME in the environment"
             )
         positive = ("top_k", "max_batch_size", "max_ongoing_requests", "max_body_bytes", "max_pixels")
-        for key in (*positive, "max_batch_items", "num_replicas"):
+        for key in (*positive, "max_batch_items", "num_replicas", "max_request_line_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("batch_wait_timeout_s", "poll_interval_s", "num_cpus", "num_gpus", "torch_threads"):
+        nonnegative = ("batch_wait_timeout_s", "poll_interval_s", "num_cpus", "num_gpus", "torch_threads")
+        for key in (*nonnegative, "retry_after_s", "min_replicas"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.max_queued_requests < 1 and self.max_queued_requests != -1:
+            raise ConfigError(
+                f"max_queued_requests must be >= 1 (or -1 for no bound), got {self.max_queued_requests!r}"
+            )
+        if self.overload_status not in (503, 429):
+            raise ConfigError(f"overload_status must be 503 or 429, got {self.overload_status!r}")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) < max_batch_size "
@@ -126,6 +202,11 @@ class ServeConfig:
     @property
     def model_ref(self) -> str:
         return f"models:/{self.name}@{self.alias}"
+
+    @property
+    def backpressure(self) -> dict[str, Any]:
+        """Serve's backpressure_config: the answer to a request refused past max_queued_requests."""
+        return {"status_code": self.overload_status, "retry_after_s": self.retry_after_s}
 
     @property
     def autoscaling(self) -> dict[str, Any] | None:

@@ -7,11 +7,10 @@ benchmarks/serve.py both run these, so the two are compared on the same work.
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +20,24 @@ import torch
 from PIL import Image, ImageFile
 
 from serving.config import ServeConfig
+from zoo.artifacts import preprocess
+from zoo.data import ImageDecodeError
+from zoo.data import decode_image as zoo_decode_image
+from zoo.registry import Registry
 
 log = logging.getLogger("zoo.serving")
 
 # Only these decoders are ever tried: a body in any other format (TIFF, BMP, PSD, ...) is refused
 # before a less-exercised decoder sees it.
 FORMATS = ("PNG", "JPEG", "WEBP")
+# zoo.data.ImageDecodeError.code -> (HTTP status, the API's error code)
+DECODE_ERRORS: dict[str, tuple[int, str]] = {
+    "empty": (400, "empty_image"),
+    "not_an_image": (400, "not_an_image"),
+    "unsupported_format": (415, "unsupported_image_format"),
+    "corrupt": (400, "corrupt_image"),
+    "too_large": (413, "image_too_large"),
+}
 CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 
 # A truncated image must fail, never be padded with grey.
@@ -50,74 +61,30 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "the body") -> np.ndarray:
-    """Decode a PNG, JPEG or WebP image to uint8 ``[H, W]`` (grey) or ``[H, W, 3]`` (colour).
+    """Decode a PNG, JPEG or WebP request image with the zoo's one decoder, ``zoo.data.decode_image``
+    (what training, evaluation and the job's readers use: 16-bit, palette, alpha, CMYK and EXIF
+    orientation are handled alike on every path), to uint8 ``[H, W]`` (grey) or ``[H, W, 3]``.
 
-    The size is read from the header and checked against ``max_pixels`` before any pixel is decoded
-    (decompression bombs); truncated or corrupt files raise. Every refusal is an :class:`InputError`.
+    The size is read from the header and checked against ``max_pixels`` before any pixel is decoded;
+    truncated or corrupt files raise. Every refusal is an :class:`InputError` with the HTTP status of
+    DECODE_ERRORS.
     """
-    if not data:
-        raise InputError(f"{what} is empty: send a PNG, JPEG or WebP image", 400, "empty_image")
     try:
-        with warnings.catch_warnings():  # sizes between the limit and twice it are refused just below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{what}: image too large ({exc})", 413, "image_too_large") from None
-    except Image.UnidentifiedImageError:
-        if _looks_like_image(data):
-            raise InputError(
-                f"{what} is in an image format the service does not take: send PNG, JPEG or WebP",
-                415,
-                "unsupported_image_format",
-            ) from None
-        raise InputError(f"{what} is not a PNG, JPEG or WebP image", 400, "not_an_image") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{what}: unreadable image header ({exc})", 400, "not_an_image") from None
-    with img:
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise InputError(f"{what}: image has no pixels ({width}x{height})", 400, "not_an_image")
-        if width * height > max_pixels:
-            raise InputError(
-                f"{what}: image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
-                "pixels: resize it before sending",
-                413,
-                "image_too_large",
-            )
-        try:
-            img.load()
-            grey = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
-            arr = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.uint8)
-        except Image.DecompressionBombError as exc:
-            raise InputError(f"{what}: image too large ({exc})", 413, "image_too_large") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InputError(
-                f"{what} is a truncated or corrupt {img.format} image ({exc})", 400, "corrupt_image"
-            ) from None
-    return arr
-
-
-def _looks_like_image(data: bytes) -> bool:
-    """True for the magic numbers of common image formats the service does not take (GIF, BMP, TIFF)."""
-    return data[:6] in (b"GIF87a", b"GIF89a") or data[:2] == b"BM" or data[:4] in (b"II*\x00", b"MM\x00*")
+        return zoo_decode_image(data, formats=FORMATS, max_pixels=max_pixels, what=what)
+    except ImageDecodeError as exc:
+        status, code = DECODE_ERRORS[exc.code]
+        raise InputError(str(exc), status, code) from None
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Top-k of one image, with the model version that computed it."""
+    """Top-k of one image, with the model version that computed it. Its JSON is built in one place,
+    serving.api.response_body."""
 
     name: str
     version: int
     classes: list[str]
     probabilities: list[float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "predictions": [
-                {"class": c, "probability": round(p, 6)} for c, p in zip(self.classes, self.probabilities)
-            ],
-            "model": {"name": self.name, "version": self.version},
-        }
 
 
 def pick_device() -> torch.device:
@@ -147,8 +114,6 @@ class Classifier:
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray], top_k: int | Sequence[int]) -> list[Prediction]:
         """Classify decoded images (uint8 HxW or HxWxC, any sizes); ``top_k`` per image or for all."""
-        from zoo.artifacts import preprocess
-
         if not images:
             return []
         ks = [top_k] * len(images) if isinstance(top_k, int) else list(top_k)
@@ -201,8 +166,6 @@ class Classifier:
 
 
 def _maybe_json(value: str) -> Any:
-    import json
-
     try:
         return json.loads(value)
     except ValueError:
@@ -247,8 +210,6 @@ class ChampionTracker:
     """
 
     def __init__(self, cfg: ServeConfig, device: torch.device | None = None):
-        from zoo.registry import Registry
-
         self.cfg = cfg
         self.device = device or pick_device()
         self.registry = Registry(cfg.tracking_uri or None, cache_dir=cfg.cache_dir or None)

@@ -289,6 +289,122 @@ def test_decode_image_refuses_garbage(payload: bytes) -> None:
         decode_image(payload)
 
 
+def _encoded(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_16_bit_grey_is_scaled_like_8_bit() -> None:
+    """An 8-bit image saved as 16-bit (v * 257) decodes to v exactly; other values are scaled by
+    255 / 65535 and rounded (the scaling the job's reader always used; serving used to clip)."""
+    grey = np.random.default_rng(2).integers(0, 256, (7, 5), dtype=np.uint8)
+    wide = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert Image.open(io.BytesIO(_encoded(wide))).mode.startswith("I")
+    np.testing.assert_array_equal(decode_image(_encoded(wide)), grey)
+    raw = np.array([[0, 128, 32768, 65535]], dtype=np.uint16)
+    np.testing.assert_array_equal(decode_image(_encoded(Image.fromarray(raw))), [[0, 0, 128, 255]])
+
+
+def test_palette_and_transparency_are_composited_on_black() -> None:
+    rng = np.random.default_rng(3)
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    index = rng.integers(0, 16, (6, 4), dtype=np.uint8)
+    img = Image.fromarray(index, "P")
+    img.putpalette(palette.ravel().tolist())
+    np.testing.assert_array_equal(decode_image(_encoded(img)), palette[index])
+    # a palette with a transparent entry: those pixels are black
+    want = palette[index].copy()
+    want[index == 5] = 0
+    np.testing.assert_array_equal(decode_image(_encoded(img, transparency=5)), want)
+    # RGBA and grey + alpha: round(c * alpha / 255); opaque pixels unchanged
+    rgb = rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (6, 4, 1), dtype=np.uint8)
+    alpha[0, 0] = 255
+    got = decode_image(encode_png(np.concatenate([rgb, alpha], axis=2)))
+    np.testing.assert_array_equal(got, np.round(rgb * (alpha / 255.0)).astype(np.uint8))
+    np.testing.assert_array_equal(got[0, 0], rgb[0, 0])
+    grey = rgb[..., 0]
+    la = Image.fromarray(np.stack([grey, alpha[..., 0]], axis=2), "LA")
+    np.testing.assert_array_equal(decode_image(_encoded(la)), np.round(grey * (alpha[..., 0] / 255.0)))
+
+
+def test_one_bit_cmyk_and_grey_jpeg() -> None:
+    bits = np.array([[0, 1, 1], [1, 0, 0]], dtype=bool)
+    np.testing.assert_array_equal(decode_image(_encoded(Image.fromarray(bits))), bits * 255)
+    red = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # cyan 0, magenta and yellow full: red
+    got = decode_image(_encoded(red, "JPEG", quality=100))
+    assert got.shape == (8, 8, 3)
+    np.testing.assert_allclose(got.reshape(-1, 3).mean(0), [255, 0, 0], atol=3)
+    grey = np.full((8, 8), 77, np.uint8)
+    got = decode_image(_encoded(Image.fromarray(grey), "JPEG", quality=100))
+    assert got.shape == (8, 8) and np.abs(got.astype(int) - 77).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "orientation,upright",
+    [
+        (1, lambda a: a),
+        (2, lambda a: a[:, ::-1]),
+        (3, lambda a: np.rot90(a, 2)),
+        (6, lambda a: np.rot90(a, -1)),  # "rotate 90 degrees clockwise to display"
+        (8, lambda a: np.rot90(a, 1)),
+    ],
+)
+def test_exif_orientation_is_applied(orientation: int, upright) -> None:
+    stored = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encoded(Image.fromarray(stored), exif=exif.tobytes())
+    np.testing.assert_array_equal(decode_image(data), upright(stored))
+
+
+def test_the_encodings_of_one_grey_image_decode_alike() -> None:
+    """What the job's readers (read_image for folders, decode_image for Parquet cells) see for one grey
+    image sent as 8-bit, 16-bit, palette and opaque RGBA PNG: the same grey values."""
+    grey = np.random.default_rng(4).integers(0, 256, (9, 7), dtype=np.uint8)
+    as_rgb = np.repeat(grey[..., None], 3, axis=2)
+    variants = {
+        "8-bit": (encode_png(grey), grey),
+        "16-bit": (_encoded(Image.fromarray(grey.astype(np.uint16) * 257)), grey),
+        "palette": (_encoded(Image.fromarray(grey).convert("P")), as_rgb),
+        "rgba": (encode_png(np.concatenate([as_rgb, np.full_like(grey, 255)[..., None]], axis=2)), as_rgb),
+    }
+    for name, (payload, want) in variants.items():
+        np.testing.assert_array_equal(decode_image(payload), want, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "payload,formats,code",
+    [
+        (b"", data.DECODABLE_FORMATS, "empty"),
+        (b"not an image", data.DECODABLE_FORMATS, "not_an_image"),
+        (_encoded(Image.new("L", (4, 4)), "GIF"), data.DECODABLE_FORMATS, "unsupported_format"),
+        (_encoded(Image.new("L", (4, 4)), "BMP"), ("PNG", "JPEG"), "unsupported_format"),
+        (_encoded(Image.new("L", (4, 4)), "TIFF"), data.DECODABLE_FORMATS, "unsupported_format"),
+        (
+            encode_png(np.arange(1600).astype(np.uint8).reshape(40, 40))[:-40],
+            data.DECODABLE_FORMATS,
+            "corrupt",
+        ),
+    ],
+    ids=["empty", "text", "gif", "bmp-not-allowed", "tiff", "truncated-png"],
+)
+def test_decode_image_names_the_reason(payload: bytes, formats, code: str) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(payload, formats=formats)
+    assert info.value.code == code, info.value
+
+
+def test_decode_image_checks_the_size_before_decoding() -> None:
+    png = encode_png(np.zeros((30, 40), np.uint8))
+    assert decode_image(png, max_pixels=1200).shape == (30, 40)
+    with pytest.raises(ImageDecodeError, match="1201 pixels|1200 pixels") as info:
+        decode_image(png, max_pixels=1199)
+    assert info.value.code == "too_large"
+    assert decode_image(_encoded(Image.new("L", (3, 3)), "BMP")).shape == (3, 3)  # BMP: the job takes it
+
+
 def test_encode_png_refuses_bad_arrays() -> None:
     with pytest.raises(ValueError, match="uint8"):
         encode_png(np.zeros((4, 4), np.float32))

@@ -1,6 +1,8 @@
-"""The inference service (issue 6): real Ray Serve on 127.0.0.1, a real MLflow sqlite registry and real HTTP.
+"""The inference service (issues 6 and 17): real Ray Serve on 127.0.0.1, a real MLflow sqlite registry and
+real HTTP, on the fast path the docs launch (serving.config.FAST_PATH_ENV: HAProxy in front of replicas
+that serve HTTP themselves).
 
-Serve is started once for the module (about 5-10 s on 2 cores); the tests share it and leave the
+Serve is started once for the module (about 10-30 s on 2 cores); the tests share it and leave the
 champion where they found it, except the model-switch test, which runs last and moves it.
 """
 
@@ -10,23 +12,29 @@ import base64
 import io
 import socket
 import struct
+import tempfile
 import threading
 import time
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
+import yaml
 from PIL import Image
 
-from serving.config import ConfigError, ServeConfig
+from serving.config import FAST_PATH_ENV, ConfigError, ServeConfig, export_fast_path, isolated_haproxy_env
 from serving.inference import InputError, decode_image, load_classifier
 from zoo.architectures import build_model
-from zoo.artifacts import InputSpec, ModelSpec
+from zoo.artifacts import InputSpec, ModelSpec, preprocess
+from zoo.data import decode_image as job_decode_image
 from zoo.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NAME = "toy-unified"
 TOKEN = "test-token-7c1d"
@@ -35,7 +43,16 @@ CLASSES_V1 = ["ankle boot", "bag", "coat", "dress", "sandal"]
 CLASSES_V2 = ["bird", "cat", "dog"]
 POLL_S = 1.0
 LIMITS = {"max_body_bytes": 2_000_000, "max_pixels": 1_000_000, "max_batch_items": 8}
+# capacity of the one replica: 16 requests in progress and 16 waiting. The batching and burst tests run
+# 16 clients, and a client's next request can reach the replica before it has released the slot of the
+# previous one (measured: 16 clients against 16 + 4 places got half their requests refused), so 16
+# clients need up to 32 places. The overload test holds all 32 and checks that the next one is refused.
+CAPACITY = {"max_ongoing_requests": 16, "max_queued_requests": 16, "retry_after_s": 1}
 TIMEOUT = 30
+TEST_SERVE_ENV = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -111,6 +128,21 @@ def zoo(tmp_path_factory):
     return {"uri": uri, "cache": str(root / "cache"), "registry": registry, "v1": v1, "v2": v2}
 
 
+def start_serve_fast_path(port: int, haproxy_dir: Path) -> None:
+    """serve.start as serving/config.yaml does it: FAST_PATH_ENV for the controller, which hands it to
+    HAProxy and the replicas. Apart from that: this test's HAProxy files and ports kept apart from any
+    other on the machine, a short drain so that shutting down does not wait 30 s, and 30 s instead of 5
+    for HAProxy's manager to report ready (on a 2-core machine under a load of 30 it missed 3 x 5 s and
+    Serve replaced it, failing the fixture)."""
+    from ray import serve
+
+    env = {**FAST_PATH_ENV, **isolated_haproxy_env(haproxy_dir), **TEST_SERVE_ENV}
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        controller_options={"runtime_env": {"env_vars": env}},
+    )
+
+
 @pytest.fixture(scope="module")
 def server(ray_session, zoo):
     from ray import serve
@@ -118,7 +150,7 @@ def server(ray_session, zoo):
     from serving.app import build_app
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    haproxy_dir = tempfile.TemporaryDirectory(prefix="hap-", dir="/tmp")  # short: socket paths <= 97 bytes
     args = {
         "name": NAME,
         "tracking_uri": zoo["uri"],
@@ -130,15 +162,19 @@ def server(ray_session, zoo):
         "batch_wait_timeout_s": 0.01,
         "num_cpus": 0.5,
         "torch_threads": 1,
+        "max_replicas": 0,  # one replica: the overload test counts its capacity
+        **CAPACITY,
         **LIMITS,
     }
     url = f"http://127.0.0.1:{port}"
     try:
+        start_serve_fast_path(port, Path(haproxy_dir.name))
         serve.run(build_app(args), name="zoo-serving-test", route_prefix="/", blocking=False)
         wait_healthy(url)
         yield url
     finally:
         serve.shutdown()
+        haproxy_dir.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +185,15 @@ def local_v1(zoo):
     )
 
 
-def classify(url: str, data: bytes, content_type: str, **params) -> requests.Response:
+def classify(
+    url: str, data: bytes, content_type: str, timeout: float = TIMEOUT, **params
+) -> requests.Response:
     return requests.post(
         f"{url}/v1/classify",
         data=data,
         headers={**AUTH, "Content-Type": content_type},
         params=params,
-        timeout=TIMEOUT,
+        timeout=timeout,
     )
 
 
@@ -185,6 +223,42 @@ def test_config_from_args_and_env():
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         ServeConfig(name="m", max_batch_size=32, max_ongoing_requests=8)
     assert ServeConfig(name="m", max_replicas=3).autoscaling["max_replicas"] == 3
+    assert ServeConfig(name="m", max_replicas=0).autoscaling is None
+    with pytest.raises(ConfigError, match="overload_status"):
+        ServeConfig(name="m", overload_status=500)
+    with pytest.raises(ConfigError, match="max_queued_requests"):
+        ServeConfig(name="m", max_queued_requests=0)
+    assert ServeConfig(name="m", overload_status=429, retry_after_s=2).backpressure == {
+        "status_code": 429,
+        "retry_after_s": 2,
+    }
+
+
+def test_the_documented_launches_take_the_fast_path(monkeypatch):
+    """serving/config.yaml hands FAST_PATH_ENV to Serve's controller (serve run / serve deploy of it),
+    the cluster configs export it before `ray start`, every arg of config.yaml is a ServeConfig field,
+    and build_app exports it only where no Ray runs yet (`serve run serving.app:...`)."""
+    doc = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())
+    assert doc["controller_options"]["runtime_env"]["env_vars"] == FAST_PATH_ENV
+    (app,) = doc["applications"]
+    ServeConfig.from_args(app["args"], environ={})
+    for name in ("cluster.yaml", "cluster-onprem.yaml"):
+        setup = " ".join(yaml.safe_load((ROOT / name).read_text())["setup_commands"])
+        for key, value in FAST_PATH_ENV.items():
+            assert f"{key}={value}" in setup, (name, key)
+
+    environ = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    export_fast_path(environ)
+    assert environ == {**FAST_PATH_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}  # an explicit opt-out stays
+
+    import serving.app  # Ray Serve: imported here, not when the tests are collected
+
+    exported = []
+    monkeypatch.setattr(serving.app, "export_fast_path", exported.append)
+    for initialized in (True, False):
+        monkeypatch.setattr(serving.app.ray, "is_initialized", lambda value=initialized: value)
+        serving.app.build_app({"name": "m"})
+    assert len(exported) == 1
 
 
 def test_decode_image_refusals():
@@ -221,10 +295,21 @@ def test_health_docs_and_auth(server):
         ("get", "/openapi.json"),
         ("get", "/docs"),
     ]:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
             r = requests.request(method, server + path, headers=headers, timeout=TIMEOUT)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json()["error"] == "unauthorized"
+    # the scheme is case-insensitive (RFC 7235)
+    for scheme in ("bearer", "BEARER", "Bearer "):
+        r = requests.get(
+            f"{server}/v1/model", headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=TIMEOUT
+        )
+        assert r.status_code == 200, (scheme, r.text)
     schema = requests.get(f"{server}/openapi.json", headers=AUTH, timeout=TIMEOUT).json()
     assert {"/v1/classify", "/v1/model", "/v1/reload", "/healthz"} <= set(schema["paths"])
     assert "image/png" in schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
@@ -237,6 +322,7 @@ def test_model_info(server, zoo):
     assert info["input"] == {"channels": 1, "height": 16, "width": 16, "mean": [0.5], "std": [0.5]}
     assert info["lineage"]["method"] == "mf-lf" and info["lineage"]["run_id"]
     assert info["serving"]["alias"] == "champion" and info["serving"]["last_error"] is None
+    assert info["serving"]["fast_path"] is True
 
 
 @pytest.mark.parametrize("fmt,ctype", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
@@ -405,6 +491,94 @@ def test_keeps_serving_after_a_burst_of_bad_requests(server):
     assert after >= 0.3 * before, (
         f"good-request throughput fell from {before:.1f}/s to {after:.1f}/s after the burst"
     )
+
+
+def encodings(grey: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """One grey image as the files users send: 8-bit, 16-bit, palette and RGBA PNGs, and a JPEG."""
+    rgba = np.concatenate([np.repeat(grey[..., None], 3, axis=2), np.full_like(grey, 255)[..., None]], axis=2)
+    palette = io.BytesIO()
+    Image.fromarray(grey).convert("P").save(palette, format="PNG")
+    return {
+        "png8": (encode(grey), "image/png"),
+        "png16": (encode(grey.astype(np.uint16) * 257), "image/png"),
+        "palette": (palette.getvalue(), "image/png"),
+        "rgba": (encode(rgba), "image/png"),
+        "jpeg": (encode(grey, "JPEG", quality=95), "image/jpeg"),
+    }
+
+
+def test_every_encoding_gets_the_class_of_the_jobs_reader(server, local_v1):
+    """The same images as 8-bit, 16-bit, palette and RGBA PNGs and as JPEG: over HTTP each gets the class
+    that the job's reader (zoo.data.decode_image -> zoo.artifacts.preprocess -> the model) gives it, and
+    the lossless encodings all get the class of the 8-bit PNG. (Serving used to clip 16-bit PNGs.)"""
+    for i, grey in enumerate(sample_images(8, seed=31)):
+        grey = (grey // 4 + 100).astype(np.uint8)  # mid-grey textures: clipping a 16-bit copy would show
+        lossless = set()
+        for name, (data, ctype) in encodings(grey).items():
+            x = preprocess([job_decode_image(data)], local_v1.spec.input)
+            with torch.inference_mode():
+                job_class = local_v1.spec.classes[int(local_v1.model(x).argmax(1))]
+            r = classify(server, data, ctype, top_k=1)
+            assert r.status_code == 200, (name, r.text)
+            assert r.json()["predictions"][0]["class"] == job_class, (i, name)
+            if name != "jpeg":
+                lossless.add(job_class)
+        assert len(lossless) == 1, (i, lossless)
+
+
+def test_a_long_request_target_gets_the_json_error(server):
+    long_query = {
+        "top_k": "1",
+        "pad": "x" * 9000,
+    }  # over max_request_line_bytes (8192), under HAProxy's buffer
+    r = requests.get(f"{server}/v1/model", params=long_query, headers=AUTH, timeout=TIMEOUT)
+    assert r.status_code == 414, r.text
+    assert r.json()["error"] == "uri_too_long" and "8192" in r.json()["detail"]
+
+
+def hold_request(url: str) -> socket.socket:
+    """A classify request whose body never finishes: it holds its slot in the replica until closed."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"\x89PNG")
+    return sock
+
+
+def test_overload_is_refused_at_once_with_retry_after(server):
+    """Past max_ongoing_requests + max_queued_requests the replica answers 503 with Retry-After at once,
+    instead of queueing without bound; once the load is gone, requests succeed again."""
+    held = [
+        hold_request(server)
+        for _ in range(CAPACITY["max_ongoing_requests"] + CAPACITY["max_queued_requests"])
+    ]
+    png = encode(sample_images(1, seed=41)[0])
+    try:
+        deadline, r = time.monotonic() + 60, None
+        while time.monotonic() < deadline:  # the held requests reach the replica over a few ms to seconds
+            t0 = time.perf_counter()
+            try:
+                r = classify(server, png, "image/png", timeout=5)
+            except requests.Timeout:  # this probe found a free place in the queue and waits there
+                continue
+            if r.status_code == 503:
+                break
+        assert r is not None and r.status_code == 503, r.text if r is not None else None
+        assert r.headers["Retry-After"] == "1"
+        assert time.perf_counter() - t0 < 2.0  # refused at once, not after waiting for a slot
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the replica notices the closed connections and frees the slots
+        if classify(server, png, "image/png").status_code == 200:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("requests still refused a minute after the overload ended")
 
 
 def test_reload_takes_no_model_from_the_client(server, zoo):

@@ -1,14 +1,16 @@
 """The page at / of the inference service, driven in headless Chromium: type the token, choose an image
 in the file input, read the predictions the page shows, and compare them with the API's answer.
 
-Real Ray Serve on 127.0.0.1, a real MLflow sqlite registry; skipped (with the reason) when Chromium,
-chromedriver or selenium is missing.
+Real Ray Serve on 127.0.0.1 on the fast path the docs launch (HAProxy in front of the replica's own HTTP
+server), a real MLflow sqlite registry; skipped (with the reason) when Chromium, chromedriver or selenium
+is missing.
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import requests
 import torch
 from PIL import Image
 
+from serving.config import FAST_PATH_ENV, isolated_haproxy_env
 from zoo.architectures import build_model
 from zoo.artifacts import InputSpec, ModelSpec
 from zoo.registry import Registry
@@ -69,7 +72,14 @@ def server(ray_session, tmp_path_factory):
     Registry(uri, cache_dir=root / "cache").register_model(NAME, model, spec, aliases=("champion",))
 
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # as serving/config.yaml starts Serve (tests/test_serving.py, start_serve_fast_path)
+    haproxy_dir = tempfile.TemporaryDirectory(prefix="hap-", dir="/tmp")  # short: socket paths <= 97 bytes
+    env = {
+        **FAST_PATH_ENV,
+        **isolated_haproxy_env(haproxy_dir.name),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    }
     url = f"http://127.0.0.1:{port}"
     args = {
         "name": NAME,
@@ -81,6 +91,10 @@ def server(ray_session, tmp_path_factory):
         "torch_threads": 1,
     }
     try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            controller_options={"runtime_env": {"env_vars": env}},
+        )
         serve.run(build_app(args), name="zoo-serving-browser", route_prefix="/", blocking=False)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -95,6 +109,7 @@ def server(ray_session, tmp_path_factory):
         yield url
     finally:
         serve.shutdown()
+        haproxy_dir.cleanup()
 
 
 @pytest.fixture()

@@ -88,7 +88,8 @@ def _make_tiny_zoo(tmp_path: Path, mlflow_uri: str) -> dict:
     # min_steps: 1 keeps these runs short: they test the stages; the budget has its own test below.
     config.write_text(
         "zoo: tiny\nname: tiny-unified\nmethod: mf-lf\nmode: bs\ntemperature: 3\narch: cnn\n"
-        "arch_kwargs: {width: 8, depth: 2}\nepochs: 10\nmin_steps: 1\nbatch_size: 64\nlr: 0.05\nnum_workers: 1\n"
+        "arch_kwargs: {width: 8, depth: 2}\nepochs: 10\nmin_steps: 1\nbatch_size: 64\nlr: 0.05\n"
+        "num_workers: 1\n"
         f"inference_batch_size: 128\ninference_concurrency: 1\nexperiment: unify-test\n"
         f"transfer: {transfer}\neval: {evald}\nrun_dir: {tmp_path / 'run'}\ntracking_uri: {mlflow_uri}\n"
     )

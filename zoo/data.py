@@ -15,10 +15,12 @@ import shutil
 import struct
 import tempfile
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -52,7 +54,13 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class ImageDecodeError(ValueError):
-    """Bytes that are not an image PIL can decode."""
+    """Bytes that decode_image refuses. ``code`` names the reason, for callers that map it (the HTTP
+    service maps it to a status): ``empty``, ``not_an_image``, ``unsupported_format``, ``corrupt``,
+    ``too_large``."""
+
+    def __init__(self, message: str, code: str = "not_an_image"):
+        super().__init__(message)
+        self.code = code
 
 
 # --------------------------------------------------------------------------------------- idx files
@@ -303,33 +311,127 @@ def read_image_folder(root: str | Path) -> tuple[list[Path], np.ndarray, list[st
     return paths, np.asarray(labels, dtype=np.int64), classes
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode PNG/JPEG/WebP/BMP bytes into uint8 [H, W] (grayscale) or [H, W, 3] (colour; alpha and
-    palettes are converted to RGB). Raises ImageDecodeError on anything else."""
-    from PIL import Image, UnidentifiedImageError
+# The decoders the zoo ever runs: a file in any other format is refused before a less-exercised PIL
+# plugin parses it. Serving narrows this further (serving.inference.FORMATS).
+DECODABLE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
+# Magic numbers of formats PIL could read but the zoo does not take: refused as "unsupported_format"
+# (the caller may say which formats to send) rather than "not_an_image".
+_MAGIC = {"PNG": (b"\x89PNG",), "JPEG": (b"\xff\xd8\xff",), "BMP": (b"BM",), "GIF": (b"GIF87a", b"GIF89a")}
+_MAGIC["TIFF"] = (b"II*\x00", b"MM\x00*")
+_GREY_MODES = frozenset({"1", "L", "LA", "La"})
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})  # 16-bit PNGs open as these
+_EXIF_ORIENTATION = 0x0112
 
+
+def decode_image(
+    data: bytes,
+    *,
+    formats: Sequence[str] = DECODABLE_FORMATS,
+    max_pixels: int | None = None,
+    what: str = "image",
+) -> np.ndarray:
+    """Decode PNG/JPEG/WebP/BMP bytes into uint8 [H, W] (grey sources) or [H, W, 3] (everything else).
+
+    The one decoder of the zoo: training, evaluation, the job's readers and the HTTP service all call
+    it, so an image gets the same pixels, hence the same class, on every path. Rules:
+
+    - EXIF orientation is applied (a phone JPEG shot upright decodes upright);
+    - grey stays grey: 1-bit, 8-bit and 16-bit grey give [H, W]; 16-bit values are scaled by
+      255 / 65535 and rounded (so an 8-bit image saved as 16-bit, v * 257, decodes to v exactly);
+    - palette images are expanded to their colours ([H, W, 3]); CMYK and other colour spaces are
+      converted to RGB by PIL;
+    - transparency (RGBA, LA, palette with a transparent entry) is composited **on black**:
+      ``round(c * alpha / 255)``. Black is the background of the zoo's data (Fashion-MNIST draws bright
+      objects on black), it is what premultiplied alpha means, and it does not depend on the colour a
+      tool happened to store under transparent pixels; opaque pixels are unchanged.
+
+    ``formats`` limits the PIL decoders tried; ``max_pixels`` refuses images with more pixels, read
+    from the header before any pixel is decoded (decompression bombs). Truncated files raise; they are
+    never padded. Every refusal is an :class:`ImageDecodeError` whose ``code`` names the reason.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ImageDecodeError("empty or non-bytes image data: send the encoded file (PNG, JPEG, WebP, BMP)")
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as img:
+        raise ImageDecodeError(f"{what} is empty: send the encoded file ({_names(formats)})", "empty")
+    data = bytes(data)
+    img = _open(data, formats, max_pixels, what)
+    with img:
+        try:
             img.load()
-            if img.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
-                if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    arr = np.asarray(img, dtype=np.float64)
-                    top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                    return np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8)
-                return np.asarray(img.convert("L"), dtype=np.uint8)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            return _to_array(img)
+        except Image.DecompressionBombError as e:
+            raise ImageDecodeError(f"{what} is too large ({e})", "too_large") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            message = f"{what} is a truncated or corrupt {img.format} image ({e}); send the complete file"
+            raise ImageDecodeError(message, "corrupt") from None
+
+
+def _open(data: bytes, formats: Sequence[str], max_pixels: int | None, what: str) -> Image.Image:
+    """Open (header only) with the allowed decoders and check the size before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():  # sizes between the limit and twice it are refused just below
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=tuple(formats))
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{what} is too large ({e})", "too_large") from None
+    except Image.UnidentifiedImageError:
+        known = next((f for f, magics in _MAGIC.items() if data.startswith(magics)), None)
+        if known is not None and known not in formats:
+            raise ImageDecodeError(
+                f"{what} is a {known} image, a format not taken here: send {_names(formats)}",
+                "unsupported_format",
+            ) from None
+        message = f"{what} is not an image ({len(data)} bytes): send {_names(formats)}"
+        raise ImageDecodeError(message) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageDecodeError(f"{what}: unreadable image header ({e}): send {_names(formats)}") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        img.close()
+        raise ImageDecodeError(f"{what} has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        img.close()
         raise ImageDecodeError(
-            f"cannot decode image ({len(data)} bytes): {e}. Send a PNG, JPEG, WebP or BMP file"
-        ) from e
+            f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels: "
+            "resize it before sending",
+            "too_large",
+        )
+    return img
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """A loaded PIL image -> uint8 [H, W] or [H, W, 3] by the rules of decode_image."""
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in _WIDE_GREY_MODES:
+        wide = np.asarray(img, dtype=np.float64)
+        return np.clip(wide * (255.0 / 65535.0), 0, 255).round().astype(np.uint8)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")  # the palette's colours and its transparent entry, if any
+        mode = "RGBA"
+    if mode in _GREY_MODES:
+        return _on_black(np.asarray(img.convert("LA"), dtype=np.uint8))[..., 0]
+    if mode in ("RGBA", "RGBa"):
+        return _on_black(np.asarray(img.convert("RGBA"), dtype=np.uint8))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _on_black(pixels: np.ndarray) -> np.ndarray:
+    """[..., C + 1] colour + alpha -> [..., C] composited on black: round(c * alpha / 255), exact in
+    integers (opaque pixels keep their value)."""
+    colour, alpha = pixels[..., :-1].astype(np.uint32), pixels[..., -1:].astype(np.uint32)
+    if (alpha == 255).all():
+        return np.ascontiguousarray(pixels[..., :-1])
+    return ((colour * alpha + 127) // 255).astype(np.uint8)
+
+
+def _names(formats: Sequence[str]) -> str:
+    shown = [{"JPEG": "JPEG", "WEBP": "WebP"}.get(f, f) for f in formats]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else "".join(shown)
 
 
 def encode_png(array: np.ndarray) -> bytes:
     """Encode a uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] array as PNG bytes (lossless)."""
-    from PIL import Image
-
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise ValueError(f"encode_png needs uint8 pixels, got {a.dtype}")
@@ -343,5 +445,5 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read and decode one image file (see decode_image)."""
+    """Read and decode one image file with decode_image (the rules of every path of the zoo)."""
     return decode_image(Path(path).read_bytes())

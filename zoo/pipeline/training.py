@@ -272,6 +272,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     bar.close()
 
 
+EVALUATIONS = 25  # per-epoch curves: at most this many points a run
+EVAL_SAMPLE = 2000  # images of an evaluation set scored between the first and the last epoch
+
+
+def _evaluates(epoch: int, epochs: int) -> bool:
+    """Whether the workers score the evaluation sets after ``epoch``: every epoch of a short run, about
+    `EVALUATIONS` times in a long one (400 transfer images get ~190 epochs of a few steps each: scoring
+    thousands of images after every one of them would cost more than the training), always the last."""
+    return (epoch + 1) % max(1, math.ceil(epochs / EVALUATIONS)) == 0 or epoch + 1 == epochs
+
+
+def _accuracy(model: torch.nn.Module, labelled: tuple[torch.Tensor, torch.Tensor], whole: bool) -> float:
+    """Top-1 accuracy on the set, or on its first `EVAL_SAMPLE` images (a seeded shuffle, made once)
+    for an intermediate point of the curve; the last epoch is scored on the whole set."""
+    images, labels = labelled
+    return (
+        evaluate(model, images, labels)
+        if whole
+        else evaluate(model, images[:EVAL_SAMPLE], labels[:EVAL_SAMPLE])
+    )
+
+
 def _plateaued(state: dict[str, Any], metrics: dict[str, Any], epoch: int, patience: int | None) -> bool:
     """The stop rule: the validation accuracy has not improved for ``patience`` epochs (never without
     a validation set or a patience). Its record lives in the checkpointed state, so a resumed run
@@ -293,6 +315,10 @@ def _eval_tensors(
     if ref is None:
         return None
     images, labels = ray.get(ref)
+    # Shuffled once (seeded), so the first EVAL_SAMPLE images are a fair sample of every class.
+    order = np.random.default_rng(0).permutation(len(labels))
+    images = images[order] if isinstance(images, np.ndarray) else [images[i] for i in order]
+    labels = np.asarray(labels)[order]
     # A copy: arrays from the object store are read-only, and torch warns on those.
     return preprocess(images, spec).to(device), torch.tensor(
         np.array(labels), dtype=torch.int64, device=device
