@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import threading
+import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -15,21 +20,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.artifacts import InputSpec, ModelSpec
+from serving.api import make_api, response_body
+from serving.config import ServeConfig
+from serving.inference import Classifier
+from zoo.artifacts import InputSpec, ModelSpec, build_net, preprocess
 from zoo.config import ConfigError, DistillMultilabelConfig, load_config, multilabel_config_from_args
+from zoo.data import FASHION_MNIST_CLASSES, find_fashion_mnist
 from zoo.multilabel import (
     mld_loss,
     multilabel_bce,
     ps_loss,
+    read_multilabel,
     three_d_loss,
     union_targets,
     union_thresholds,
+    write_fashion_mosaics,
 )
 from zoo.multilabel.fit import fit_multilabel, fit_union, predict_multilabel
 from zoo.multilabel.loss_fn import ALPHA, BETA, DistillRecipe, distill_loss_fn, second_view, union_loss_fn
-from zoo.pipeline import JobError
+from zoo.pipeline import JobError, session
 from zoo.pipeline.make_multilabel_zoo import subset_labels
 from zoo.pipeline.report import JobResult, format_summary
+from zoo.pipeline.unify_multilabel import teachers_task
+from zoo.registry import Registry
 from zoo.train import Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,9 +223,6 @@ def test_summary_shows_a_metric_table() -> None:
 
 # ------------------------------------------------------------------------------------ end to end
 def _mosaics(root: Path) -> dict[str, Path]:
-    from zoo.data import find_fashion_mnist
-    from zoo.multilabel import write_fashion_mosaics
-
     try:
         find_fashion_mnist()
     except FileNotFoundError:
@@ -235,8 +245,6 @@ def _teacher(registry, name: str, classes: list[int], data, tags: dict, threshol
 def tiny_multilabel_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Tiny mosaics (240 train, 40 val, 80 test) and tiny teachers: one over all labels (the distillation
     job's), three over overlapping subsets (zoo tinyml), one multi-class model (for the mix refusal)."""
-    from zoo.multilabel import read_multilabel
-    from zoo.registry import Registry
 
     tmp = tmp_path_factory.mktemp("multilabel-job")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -252,8 +260,6 @@ def tiny_multilabel_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict:
             th = [0.4 if i == 0 else 0.6] * 5
             _teacher(registry, f"ml-t{i}", labels, train, {"zoo": "tinyml"}, thresholds=th, seed=i)
         spec = ModelSpec("cnn", ["x", "y"], InputSpec(1, 56, 56, (0.2,), (0.3,)), {"width": 4, "depth": 2})
-        from zoo.artifacts import build_net
-
         registry.register_model("mc", build_net(spec), spec, tags={"role": "teacher"})
         yield {"tmp": tmp, "uri": uri, "registry": registry, "data": tmp / "mosaics", **paths}
 
@@ -319,8 +325,6 @@ def test_unify_job_on_multilabel_teachers(ray_session, tiny_multilabel_zoo, caps
     assert rec.tags["task"] == "multilabel" and rec.spec.classes == sorted(rec.spec.classes, key=str.casefold)
     # thresholds: the mean of the knowing teachers' (t0: 0.4, t1 and t2: 0.6)
     known_by = {c: [i for i, s in enumerate(subset_labels(10, 3, 5)) if c in s] for c in range(10)}
-    from zoo.data import FASHION_MNIST_CLASSES
-
     expected = {
         FASHION_MNIST_CLASSES[c]: np.mean([0.4 if i == 0 else 0.6 for i in ts]) for c, ts in known_by.items()
     }
@@ -337,8 +341,6 @@ def _expect_error(capsys, main, argv: list[str]) -> str:
 def test_bad_multilabel_inputs_stop_before_compute(
     tiny_multilabel_zoo, capsys, monkeypatch, tmp_path
 ) -> None:
-    import zoo.pipeline.session as session
-
     def no_ray(*a, **k):
         raise AssertionError("compute started on bad input")
 
@@ -382,9 +384,141 @@ class _Teacher:
 
 
 def test_teachers_task_refuses_a_mix() -> None:
-    from zoo.pipeline.unify_multilabel import teachers_task
-
     assert teachers_task([_Teacher("a", "multilabel"), _Teacher("b", "multilabel")]) == "multilabel"
     assert teachers_task([_Teacher("a", "multiclass")]) == "multiclass"
     with pytest.raises(JobError, match=r"mix multi-class \['b'\] and multi-label \['a'\]"):
         teachers_task([_Teacher("a", "multilabel"), _Teacher("b", "multiclass")])
+
+
+# ------------------------------------------------------------------------------------ serving
+def _multilabel_classifier(thresholds: list[float]):
+    spec = ModelSpec("mlp", CLASSES, InputSpec(1, 8, 8, (0.5,), (0.25,)), {"hidden": 8, "layers": 1},
+                     task="multilabel", thresholds=thresholds)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_net(spec).eval()
+    record = SimpleNamespace(name="ml", version=3, aliases=["champion"], run_id=None, source="", created_at=0,
+                             description="", tags={"task": "multilabel"})  # fmt: skip
+    return Classifier(model=model, spec=spec, record=record, device=torch.device("cpu"))
+
+
+def test_a_multilabel_model_answers_every_label_and_its_decision() -> None:
+    images = [np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8) for i in range(3)]
+    clf = _multilabel_classifier([0.5, 0.5, 0.5, 0.5])
+    with torch.no_grad():
+        p = clf.model(preprocess(images, clf.spec.input)).sigmoid()
+    # thresholds between the scores, so that some labels are predicted and others not
+    th = [float(v) for v in p.mean(0).clamp(0.01, 0.99)]
+    clf = _multilabel_classifier(th)
+    preds = clf.predict(images, top_k=2)
+    body = response_body(preds, batch=True)
+    for row, probs in zip(body["results"], p.tolist()):
+        assert row["task"] == "multilabel" and [d["class"] for d in row["labels"]] == CLASSES
+        assert [d["probability"] for d in row["labels"]] == pytest.approx(probs, abs=1e-6)
+        assert [d["threshold"] for d in row["labels"]] == th
+        assert [d["predicted"] for d in row["labels"]] == [x >= t for x, t in zip(probs, th)]
+        on = sorted(
+            (c for c, x, t in zip(CLASSES, probs, th) if x >= t), key=lambda c: -probs[CLASSES.index(c)]
+        )
+        assert row["predicted"] == on
+        top = sorted(range(4), key=lambda i: -probs[i])[:2]  # top-k: the labels by their own probability
+        assert [d["class"] for d in row["predictions"]] == [CLASSES[i] for i in top]
+    assert any(d["predicted"] for r in body["results"] for d in r["labels"])
+    assert not all(d["predicted"] for r in body["results"] for d in r["labels"])
+    info = clf.info()
+    assert info["task"] == "multilabel" and info["thresholds"] == th
+    # a multi-class model's answer is unchanged: no task, no labels
+    mc = replace(clf, spec=ModelSpec("mlp", CLASSES, clf.spec.input, clf.spec.arch_kwargs))
+    single = response_body(mc.predict(images[:1], top_k=4), batch=False)
+    assert set(single) == {"predictions", "model"} and sum(
+        d["probability"] for d in single["predictions"]
+    ) == pytest.approx(1, abs=1e-5)
+
+
+class _Backend:
+    """serving.api's Backend over one in-process classifier (no Ray)."""
+
+    def __init__(self, clf):
+        self.clf = clf
+
+    def classifier(self):
+        return self.clf
+
+    async def classify(self, images, top_k):
+        return self.clf.predict(images, top_k)
+
+    async def reload(self):
+        return {"switched": False}
+
+    def model_status(self):
+        return {"serving": {}}
+
+
+@pytest.mark.browser
+def test_page_shows_the_labels_above_their_threshold(tmp_path) -> None:
+    """The page at / with a multi-label model, in headless Chromium: every label with its probability
+    and threshold, the predicted ones marked, as the API answers (FastAPI + uvicorn, no Ray)."""
+    try:  # the browser test's own dependencies: skipped, with the reason, where they are missing
+        import requests
+        import uvicorn
+        from PIL import Image
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError as e:
+        pytest.skip(f"needs uvicorn and selenium: {e}")
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("Chromium and chromedriver are not installed")
+    clf = _multilabel_classifier([0.3, 0.5, 0.6, 0.9])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_api(_Backend(clf), ServeConfig(name="ml")), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = None
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        path = tmp_path / "sample.png"
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+        api = requests.post(
+            f"{url}/v1/classify", data=path.read_bytes(), headers={"Content-Type": "image/png"}, timeout=30
+        ).json()
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: "multi-label" in d.find_element(By.ID, "model-name").text)
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#labels li.label")) == len(CLASSES))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#labels li.label")
+        shown = {r.get_attribute("data-class"): r for r in rows}
+        for label in api["labels"]:
+            row = shown[label["class"]]
+            assert float(row.get_attribute("data-probability")) == pytest.approx(
+                label["probability"], abs=1e-6
+            )
+            assert float(row.get_attribute("data-threshold")) == label["threshold"]
+            assert ("on" in row.get_attribute("class").split()) == label["predicted"]
+        text = driver.find_element(By.ID, "predicted").text
+        assert text == "Labels: " + (", ".join(api["predicted"]) or "none above its threshold")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#predictions li.prediction")  # no top-k list
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.should_exit = True
+        thread.join(timeout=10)
