@@ -300,8 +300,8 @@ async def read_images(request: Request, cfg: ServeConfig) -> tuple[list[Any], bo
 
 def response_body(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
     """The JSON answer of /v1/classify, built here only: ``{"predictions", "model"}`` for one image,
-    ``{"model", "results": [{"predictions", "model"}, ...]}`` for a batch. Answers with more than the
-    top-k (every label's probability, multi-label decisions) belong in prediction_json."""
+    ``{"model", "results": [{"predictions", "model"}, ...]}`` for a batch; a multi-label model's answers
+    also hold every label's probability and decision (prediction_json)."""
     first = prediction_json(results[0])
     if not batch:
         return first
@@ -309,8 +309,19 @@ def response_body(results: Sequence[Prediction], batch: bool) -> dict[str, Any]:
 
 
 def prediction_json(p: Prediction) -> dict[str, Any]:
-    """One image's answer: its top-k classes with probabilities and the model version that gave them."""
-    return {
+    """One image's answer: its top-k classes with probabilities and the model version that gave them.
+    A multi-label model's also has ``"task": "multilabel"``, ``"labels"``: every label with its own
+    probability, its threshold and whether it is predicted (probability >= threshold), in the model's
+    class order, and ``"predicted"``: the predicted labels, most probable first."""
+    out = {
         "predictions": [{"class": c, "probability": round(x, 6)} for c, x in zip(p.classes, p.probabilities)],
         "model": {"name": p.name, "version": p.version},
     }
+    if p.scores is not None:
+        labels = [
+            {"class": c, "probability": round(x, 6), "threshold": t, "predicted": x >= t}
+            for c, x, t in zip(p.labels, p.scores, p.thresholds)
+        ]
+        ranked = sorted((d for d in labels if d["predicted"]), key=lambda d: -d["probability"])
+        out.update(task="multilabel", labels=labels, predicted=[d["class"] for d in ranked])
+    return out

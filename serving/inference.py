@@ -1,5 +1,6 @@
 """The model side of the inference service, free of Ray and HTTP: safe image decoding, the classifier
-(preprocess -> forward -> softmax -> top-k) and the holder that follows a registry alias.
+(preprocess -> forward -> softmax -> top-k; for a multi-label model, a sigmoid per label and every
+label's probability against its threshold) and the holder that follows a registry alias.
 
 The Serve deployment (serving/app.py) and the plain FastAPI + uvicorn baseline of
 benchmarks/serve.py both run these, so the two are compared on the same work.
@@ -78,13 +79,17 @@ def decode_image(data: bytes, *, max_pixels: int, what: str = "the body") -> np.
 
 @dataclass(frozen=True)
 class Prediction:
-    """Top-k of one image, with the model version that computed it. Its JSON is built in one place,
-    serving.api.response_body."""
+    """Top-k of one image, with the model version that computed it; for a multi-label model also every
+    label's probability (``scores``, in the spec's class order) and threshold. Its JSON is built in one
+    place, serving.api.response_body."""
 
     name: str
     version: int
     classes: list[str]
     probabilities: list[float]
+    labels: list[str] | None = None  # multi-label models only: every label, in the spec's order,
+    scores: list[float] | None = None  # its own sigmoid probability,
+    thresholds: list[float] | None = None  # and the threshold it is predicted at (spec.thresholds)
 
 
 def pick_device() -> torch.device:
@@ -119,16 +124,25 @@ class Classifier:
         ks = [top_k] * len(images) if isinstance(top_k, int) else list(top_k)
         n_classes = len(self.spec.classes)
         x = preprocess(list(images), self.spec.input).to(self.device, non_blocking=True)
-        probs = torch.softmax(self.model(x).float(), dim=1)
+        logits = self.model(x).float()
+        # multi-label: one sigmoid per label (they do not sum to 1); top-k ranks the labels by it
+        multilabel = self.spec.task == "multilabel"
+        probs = logits.sigmoid() if multilabel else torch.softmax(logits, dim=1)
         k_max = min(max(ks), n_classes)
         values, indices = probs.topk(k_max, dim=1)
         values, indices = values.cpu().tolist(), indices.cpu().tolist()
+        every = probs.cpu().tolist() if multilabel else [None] * len(ks)
+        extra = (
+            {"labels": list(self.spec.classes), "thresholds": list(self.spec.thresholds)}
+            if multilabel
+            else {}
+        )
         out = []
-        for row_v, row_i, k in zip(values, indices, ks):
+        for row_v, row_i, k, row_all in zip(values, indices, ks, every):
             k = min(k, n_classes)
-            out.append(
-                Prediction(self.name, self.version, [self.spec.classes[i] for i in row_i[:k]], row_v[:k])
-            )
+            top = [self.spec.classes[i] for i in row_i[:k]]
+            scores = {"scores": row_all, **extra} if multilabel else {}
+            out.append(Prediction(self.name, self.version, top, row_v[:k], **scores))
         return out
 
     def warm_up(self) -> None:
@@ -150,7 +164,9 @@ class Classifier:
             "uri": f"models:/{rec.name}/{self.version}",
             "aliases": list(rec.aliases),
             "arch": spec.arch,
+            "task": spec.task,
             "classes": list(spec.classes),
+            **({"thresholds": list(spec.thresholds)} if spec.task == "multilabel" else {}),
             "input": _input_dict(spec.input),
             "lineage": {
                 **(lineage if isinstance(lineage, dict) else {"lineage": lineage} if lineage else {}),

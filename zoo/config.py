@@ -24,19 +24,26 @@ import yaml
 from zoo.artifacts import InputSpec, ModelSpec, build_net
 from zoo.assess import NORMALISATIONS
 from zoo.errors import JobError
+from zoo.multilabel.loss_fn import DistillRecipe
 from zoo.train import Schedule
 from zoo.unify.recipe import Recipe
 
 __all__ = [
+    "AKTJobConfig",
     "ConfigError",
     "DistillConfig",
+    "DistillMultilabelConfig",
     "UnifyConfig",
     "build_distill_parser",
+    "build_multilabel_parser",
     "build_parser",
     "config_from_args",
     "distill_config_from_args",
+    "load_akt_config",
     "load_config",
     "load_distill_config",
+    "load_multilabel_config",
+    "multilabel_config_from_args",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -665,3 +672,147 @@ def load_akt_config(
 ) -> AKTJobConfig:
     """The AKT job's config: the YAML file `path` (optional) with `overrides` (non-None values) on top."""
     return _build(AKTJobConfig, path, overrides)
+
+
+# ------------------------------------------------------------------ the multi-label distillation job
+@dataclass
+class DistillMultilabelConfig:
+    """The multi-label distillation job (`jobs/distill_multilabel.py`, docs/multilabel.md "The
+    distillation job"): a student over the labels of the multi-label ``teacher`` (`name`, `name:3`,
+    `name@alias`), trained on ``data``'s training split with the labels and the teacher's logits, evaluated
+    on its test split. ``data``: a directory holding `train.parquet` and `test.parquet` (or `train/` and
+    `test/` folders with labels.csv; `zoo.multilabel.read_multilabel`)."""
+
+    teacher: str = ""
+    data: str = ""
+    name: str = "multilabel-student"
+    # the distillation term (zoo.multilabel.loss_fn.DistillRecipe; None: the term's default)
+    loss: str = "3d"
+    pairing: str = "batch"
+    tau: float | None = None
+    weight: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    threshold: float = 0.5  # the student's decision threshold, every label (spec.thresholds)
+    # the student
+    arch: str = "cnn"
+    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 8, "depth": 3})
+    student_input: dict[str, Any] | None = None  # InputSpec fields; default: the teacher's contract
+    epochs: int = 8  # at least; more on a small training set (min_steps)
+    min_steps: int = 750  # at least this many optimiser steps (the budget follows the data)
+    lr: float = 3e-3
+    batch_size: int = 64
+    optimizer: str = "adam"
+    seed: int = 0
+    num_workers: int | None = None
+    use_gpu: bool | None = None
+    inference_batch_size: int = 512
+    # run
+    run_dir: str | None = None  # default runs/<name>
+    force: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "distill-multilabel"
+    ray_address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        for k, flag in (("teacher", "--teacher NAME"), ("data", "--data DIR")):
+            if not getattr(self, k):
+                raise ConfigError(f"{k} is required: pass {flag}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name {self.name!r}: give the student a name without '/'")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
+        for k in ("inference_batch_size", "min_steps"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        try:  # the recipe and the schedule validate themselves: a bad value stops the job here, named
+            self.recipe()
+            self.schedule()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def recipe(self) -> DistillRecipe:
+        return DistillRecipe(self.loss, self.tau, self.weight, self.alpha, self.beta, self.pairing)
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            seed=self.seed,
+        )
+
+    def student_spec(self, classes: Sequence[str], input_spec: InputSpec) -> ModelSpec:
+        """The student's network: a multi-label model over ``classes`` with ``threshold`` for each."""
+        try:
+            spec = ModelSpec(
+                self.arch, list(classes), input_spec, dict(self.arch_kwargs), {"role": "student"},
+                task="multilabel", thresholds=[self.threshold] * len(classes),
+            )  # fmt: skip
+            build_net(spec)
+        except ValueError as e:  # ArtifactError: unknown arch, bad kwargs or input
+            raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
+        return spec
+
+    @property
+    def run_path(self) -> Path | str:
+        if self.run_dir and "://" in self.run_dir:
+            return self.run_dir
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_multilabel_parser() -> argparse.ArgumentParser:
+    """The multi-label distillation job's command line; flags default to None (the file decides)."""
+    p = argparse.ArgumentParser(
+        prog="jobs/distill_multilabel.py",
+        description="Distil a multi-label teacher of the zoo into a smaller student (paper 004: 3D, MLD, "
+        "PS or the student alone), evaluate it (mAP, CF1, OF1) and register it.",
+    )
+    add = p.add_argument
+    add("--config", help="YAML config file (keys as the long flags, with '_'); flags override it")
+    add("--teacher", help="the multi-label teacher: name, name:VERSION or name@ALIAS")
+    add("--data", help="directory with train.parquet and test.parquet (or train/, test/ with labels.csv)")
+    add("--name", help="name of the student in the registry")
+    add("--loss", help="distillation term: 3d (default), mld, ps, none (the student alone)")
+    add("--pairing", help="3D's L_NDD pairs: batch (two images) or views (an image and its flip)")
+    add("--tau", type=float, help="temperature (default: 4 for 3d, 1 for mld and ps)")
+    add("--weight", type=float, help="weight of the mld / ps term (default 10/64 for mld, 1 for ps)")
+    add("--alpha", type=float, help="3D's positive-divide weight (default 100/64)")
+    add("--beta", type=float, help="3D's L_NDD weight (default 10/64)")
+    add("--threshold", type=float, help="the student's decision threshold for every label (default 0.5)")
+    add("--arch", help="student architecture (zoo.architectures allow-list)")
+    add("--epochs", type=int, help="student epochs (at least; more on a small training set: --min-steps)")
+    add("--min-steps", type=int, help="at least this many optimiser steps for the student (default 750)")
+    add("--lr", type=float, help="student learning rate")
+    add("--batch-size", type=int, help="student batch size")
+    add("--optimizer", help="adam (default) or sgd")
+    add("--seed", type=int, help="seed of the student")
+    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
+    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
+    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
+    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
+    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
+    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
+    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
+    return p
+
+
+def load_multilabel_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> DistillMultilabelConfig:
+    """The multi-label distillation job's config: the YAML file ``path`` (if any), ``overrides`` on top."""
+    return _build(DistillMultilabelConfig, path, overrides)
+
+
+def multilabel_config_from_args(argv: Sequence[str] | None = None) -> DistillMultilabelConfig:
+    """Parse the distillation job's command line: `--config FILE`, then flags on top."""
+    args = vars(build_multilabel_parser().parse_args(argv))
+    return load_multilabel_config(args.pop("config"), args)

@@ -81,3 +81,21 @@ def masked_bce(student: Tensor, targets: Tensor, known: Tensor) -> Tensor:
         raise ValueError("targets must be probabilities in [0, 1] on the known labels")
     bce = F.binary_cross_entropy_with_logits(student, q.detach(), reduction="none")
     return torch.where(known, bce, torch.zeros((), dtype=bce.dtype, device=bce.device)).sum() / len(student)
+
+
+def union_thresholds(thresholds: Tensor, mask: Tensor, default: float = 0.5) -> Tensor:
+    """The unified student's threshold per union label [L]: the mean of the thresholds of the teachers
+    that know the label (the student learns the mean of their probabilities, so it inherits their
+    decision points), ``default`` where no teacher knows it. ``thresholds`` [N, L] on the union label
+    space (entries where ``mask`` is False are ignored), each known one in (0, 1)."""
+    if not isinstance(thresholds, Tensor) or thresholds.dim() != 2:
+        raise ValueError(
+            f"thresholds must be a tensor [N, L]; got {getattr(thresholds, 'shape', thresholds)!r}"
+        )
+    mask = _check_mask(mask, thresholds.unsqueeze(0))
+    t = torch.where(mask, thresholds.to(torch.float64), torch.zeros((), dtype=torch.float64))
+    if bool(((t <= 0) | (t >= 1))[mask].any()):
+        raise ValueError("each teacher's thresholds must be strictly between 0 and 1 on the labels it knows")
+    votes = mask.sum(0)
+    mean = t.sum(0) / votes.clamp_min(1)
+    return torch.where(votes > 0, mean, torch.full_like(mean, float(default)))

@@ -1,8 +1,10 @@
-"""What a unify job tells its user at the end: the summary table, `summary.json`, the MLflow run's last
-metrics and artifact."""
+"""What a job tells its user at the end: the summary table, `summary.json`, the MLflow run's last
+metrics and artifact (the unify job's accuracy per class group, or another job's metric table)."""
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,10 @@ class JobResult:
     tracking_uri: str | None = None
     seconds: float = 0.0
     summary: str = ""
+    # Other jobs' results (the multi-label jobs): what the model is, and the metric table in place of the
+    # accuracy per class group, rows of {column: value} (e.g. "student" -> {"mAP": .., "CF1": ..}).
+    kind: str = "Unified model"
+    table: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """`summary.json`."""
@@ -71,6 +77,7 @@ class JobResult:
             "tracking_uri": self.tracking_uri,
             "seconds": round(self.seconds, 1),
             "stages": {k: _stage_facts(s) for k, s in self.stages.items()},
+            **({"table": self.table} if self.table is not None else {}),
         }
 
 
@@ -87,7 +94,8 @@ def format_summary(res: JobResult) -> str:
     lines = [
         "",
         RULE,
-        f"Unified model {res.name!r}: {len(res.teachers)} teachers -> {len(res.classes)} classes",
+        f"{res.kind} {res.name!r}: {len(res.teachers)} teacher{'s' if len(res.teachers) != 1 else ''} "
+        f"-> {len(res.classes)} classes",
         THIN,
         f"{'teacher':<28} {'version':>7}  {'arch':<10} classes",
     ]
@@ -101,14 +109,18 @@ def format_summary(res: JobResult) -> str:
         f"config selected by {res.selected_by}",
         "",
     ]
-    cols = ["all", *res.groups]
-    lines.append(f"{'accuracy on the eval set':<26}" + "".join(f"{c:>16}" for c in cols))
-    for label, acc in (("student", res.student_accuracy), ("SPV (supervised)", res.spv_accuracy)):
-        if acc:
-            lines.append(f"{label:<26}" + "".join(f"{acc.get(c, float('nan')):>16.4f}" for c in cols))
-    sizes = [len(res.classes) if c == "all" else len(res.groups[c]) for c in cols]
-    lines.append(f"{'(classes in group)':<26}" + "".join(f"{n:>16}" for n in sizes))
-    lines += _notes(res)
+    if res.table is not None:
+        lines += _table_lines(res.table, res.eval_source)
+        lines += ["", f"the champion is chosen on {res.champion_chosen_on}"] if res.champion_chosen_on else []
+    else:
+        cols = ["all", *res.groups]
+        lines.append(f"{'accuracy on the eval set':<26}" + "".join(f"{c:>16}" for c in cols))
+        for label, acc in (("student", res.student_accuracy), ("SPV (supervised)", res.spv_accuracy)):
+            if acc:
+                lines.append(f"{label:<26}" + "".join(f"{acc.get(c, float('nan')):>16.4f}" for c in cols))
+        sizes = [len(res.classes) if c == "all" else len(res.groups[c]) for c in cols]
+        lines.append(f"{'(classes in group)':<26}" + "".join(f"{n:>16}" for n in sizes))
+        lines += _notes(res)
     stages = ", ".join(f"{k} {_stage_time(st)}" for k, st in res.stages.items())
     reg = res.registered or {}
     lines += [
@@ -123,6 +135,15 @@ def format_summary(res: JobResult) -> str:
         RULE,
     ]
     return "\n".join(lines)
+
+
+def _table_lines(table: dict[str, dict[str, float]], source: str) -> list[str]:
+    """A metric table: one row per entry, the columns of the first row."""
+    cols = list(next(iter(table.values()), {}))
+    out = [f"{'on ' + source:<34.34}" + "".join(f"{c:>10}" for c in cols)]
+    for label, row in table.items():
+        out.append(f"{label:<34.34}" + "".join(f"{row.get(c, float('nan')):>10.4f}" for c in cols))
+    return out
 
 
 def _notes(res: JobResult) -> list[str]:
@@ -168,6 +189,10 @@ def publish(res: JobResult, summary_path: PathLike, client: MlflowClient) -> Non
     for who, acc in (("student", res.student_accuracy), ("spv", res.spv_accuracy)):
         for k, v in (acc or {}).items():
             client.log_metric(run_id, f"{who}.eval_accuracy.{_metric_key(k)}", v, timestamp=now)
+    for row, values in (res.table or {}).items():
+        for k, v in ((k, v) for k, v in values.items() if math.isfinite(v)):
+            key = re.sub(r"[^\w\-./ ]", "", f"{_metric_key(row)}.{_metric_key(k)}")  # MLflow's charset
+            client.log_metric(run_id, key, v, timestamp=now)
     reg = res.registered or {}
     client.set_tag(run_id, "registered_model", f"{reg.get('name')}:{reg.get('version')}")
     client.log_metric(run_id, "job.seconds", res.seconds, timestamp=now)

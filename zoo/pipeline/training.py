@@ -99,7 +99,8 @@ class TrainingData(Protocol):
         """On the driver, before workers start (~20 s): raise if the inputs do not fit together."""
 
     def load(self, spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, LossFn]:
-        """On a worker: the images float32 [B, C, H, W] on ``device`` and loss(outputs, idx)."""
+        """On a worker: the images float32 [B, C, H, W] on ``device`` and loss(outputs, idx). A loss
+        with a ``bind(model)`` method is given the network before training (a loss that runs it)."""
 
     def describe(self) -> dict[str, Any]:
         """What defines the training beyond the spec and schedule (logged as params, fingerprinted)."""
@@ -342,6 +343,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(state, bare, optimizers, rank)
         return
     loaded = data.load(spec.input, device)
+    if isinstance(data, _PlainEpochs) and hasattr(loaded[1], "bind"):
+        # A loss that runs the network itself (multi-label 3D's second views) gets the bare module:
+        # one backward through both forwards, one DDP reduction.
+        loaded[1].bind(bare)
     evals = _eval_tensors(config["eval_set"], spec.input, device) if rank == 0 else None
     vals = _eval_tensors(config["val_set"], spec.input, device) if rank == 0 else None
     last_ckpt = time.perf_counter()
@@ -356,10 +361,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _broadcast_floats(bare, "buffers")
         seconds = time.perf_counter() - t0
         scores = {}
-        if evals is not None:
-            scores["eval_accuracy"] = evaluate(data.network(bare), *evals)
-        if vals is not None:
-            scores["val_accuracy"] = evaluate(data.network(bare), *vals)
+        if _evaluates(epoch, schedule.epochs):
+            whole = epoch + 1 == schedule.epochs
+            if evals is not None:
+                scores["eval_accuracy"] = _accuracy(data.network(bare), evals, whole)
+            if vals is not None:
+                scores["val_accuracy"] = _accuracy(data.network(bare), vals, whole)
         stop = rank == 0 and _plateaued(state, scores, epoch, config["patience"])
         if every.every_epochs:
             periodic = (epoch + 1) % every.every_epochs == 0

@@ -52,6 +52,12 @@ from zoo.pipeline.sweep import load_sweep_config, run_sweep
 from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
 from zoo.pipeline.training import train_student
 from zoo.pipeline.transfer import TransferSource, transfer_stage
+from zoo.pipeline.unify_multilabel import (
+    MultilabelUnifyInputs,
+    multilabel_inputs,
+    run_unify_multilabel,
+    teachers_task,
+)
 from zoo.train import Schedule
 from zoo.unify.recipe import Recipe
 
@@ -96,6 +102,8 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         ray_address=cfg.ray_address, num_cpus=cfg.num_cpus,
     ) as s:  # fmt: skip
         inp = check_inputs(cfg, s)
+        if isinstance(inp, MultilabelUnifyInputs):  # multi-label teachers: docs/multilabel.md "Unification"
+            return run_unify_multilabel(cfg, s, inp, t0)
         stages: dict[str, StageResult] = {}
         stages["transfer"] = transfer_stage(
             s.run,
@@ -164,9 +172,10 @@ def _budget(
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs:
+def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs | MultilabelUnifyInputs:
     """Teachers, label space, transfer source, evaluation and validation sets, the student: every
-    input the job takes, checked before any compute (JobError naming the fix otherwise)."""
+    input the job takes, checked before any compute (JobError naming the fix otherwise). Multi-label
+    teachers have their own inputs (`zoo.pipeline.unify_multilabel`)."""
     demo = cfg.build_demo_zoo and cfg.zoo == DEMO_ZOO and not cfg.teachers and not cfg.tags
 
     def build_demo() -> None:
@@ -181,6 +190,8 @@ def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs:
         build_zoo=build_demo if demo else None,
         log=s.log,
     )
+    if teachers_task(teachers) == "multilabel":
+        return multilabel_inputs(cfg, s, teachers)
     space = label_space(teachers, cfg.synonyms)
     s.log(f"[teachers] {len(teachers)} teachers, {space.num_classes} union classes: {list(space.classes)}")
     wants_split = cfg.transfer is None or cfg.eval is None or cfg.spv or cfg.val is None
