@@ -69,6 +69,12 @@ class UnifyConfig:
     teacher_temperatures: dict[str, float] = field(default_factory=dict)  # teacher name -> owner's fit
     sample_weighting: str = "none"  # "confidence": down-weight transfer images no teacher claims
     augment: bool = False  # random translations of the transfer images while the student trains
+    # levers on q (issue 18; modes e and bs: bp has no q and leaves them off)
+    owner_calibration: bool = False  # each teacher's temperature from its owner's calibration (its spec)
+    sharpen: float = 1.0  # tau of zoo.unify.sharpen: 1 = q as estimated, 0 = hard labels
+    estimation_temperature: float | None = None  # T at which q is estimated (default: temperature)
+    propagate: bool = False  # smooth q over the kNN graph of the teachers' features (zoo.unify.propagate)
+    propagation: dict[str, Any] = field(default_factory=dict)  # {k, alpha, dim, gamma}; default 10, .8, 64, 3
     # stage 4: student
     name: str = "unified-fmnist"
     arch: str = "cnn"
@@ -116,9 +122,12 @@ class UnifyConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    def recipe(self, teachers: Sequence[str] | None = None) -> Recipe:
+    def recipe(
+        self, teachers: Sequence[str] | None = None, owner_temperatures: Mapping[str, float] | None = None
+    ) -> Recipe:
         """The student's recipe; ``teachers`` (names, in the logits' order) place the per-teacher
-        temperatures (lever teacher_temperatures, given by name; 1 for a teacher not named)."""
+        temperatures: the config's ``teacher_temperatures`` by name, else (``owner_calibration``) the
+        owners' (``owner_temperatures``, from the teachers' specs), else 1."""
         temps = None
         if self.teacher_temperatures and teachers is not None:
             unknown = sorted(set(self.teacher_temperatures) - set(teachers))
@@ -126,7 +135,11 @@ class UnifyConfig:
                 raise ConfigError(
                     f"teacher_temperatures names {unknown} are not among the teachers {list(teachers)}"
                 )
-            temps = tuple(float(self.teacher_temperatures.get(n, 1.0)) for n in teachers)
+        owners = dict(owner_temperatures or {}) if self.owner_calibration else {}
+        by_name = {**owners, **self.teacher_temperatures}
+        if by_name and teachers is not None:
+            temps = tuple(float(by_name.get(n, 1.0)) for n in teachers)
+        on_q = str(self.mode).strip().lower() != "bp"  # the levers on q: modes e and bs only
         return Recipe(
             method=self.method,
             mode=self.mode,
@@ -134,6 +147,9 @@ class UnifyConfig:
             teacher_temperatures=temps,
             sample_weighting=self.sample_weighting,
             augment=self.augment,
+            estimation_temperature=self.estimation_temperature if on_q else None,
+            propagation=dict(self.propagation) if on_q and self.propagate else None,
+            sharpen=self.sharpen if on_q else 1.0,
         )
 
     def schedule(self) -> Schedule:
@@ -304,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="random translations of the transfer images while the student trains",
     )
+
+    def on_off(flag: str, key: str, text: str) -> None:
+        add(f"--{flag}", dest=key, action="store_const", const=True, help=text)
+        add(f"--no-{flag}", dest=key, action="store_const", const=False, help=f"no {flag.replace('-', ' ')}")
+
+    on_off("owner-calibration", "owner_calibration", "temperatures from the teachers' owners' calibrations")
+    add("--sharpen", type=float, metavar="TAU", help="sharpen q: 1 = as estimated, 0 = hard labels")
+    add("--estimation-temperature", type=float, help="T at which q is estimated (default: --temperature)")
+    on_off("propagate", "propagate", "propagate q over the kNN graph of the teachers' features")
     add("--epochs", type=int, help="student epochs")
     add("--arch", help="student architecture (zoo.architectures allow-list)")
     add("--lr", type=float, help="student learning rate")

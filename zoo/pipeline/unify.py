@@ -53,6 +53,7 @@ from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
 from zoo.pipeline.training import train_student
 from zoo.pipeline.transfer import TransferSource, transfer_stage
 from zoo.train import Schedule
+from zoo.unify.calibration import calibration_from_metadata
 from zoo.unify.recipe import Recipe
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "UnifyInputs",
     "check_inputs",
     "common_input",
+    "owner_temperatures",
     "register_stage",
     "run_unify",
     "student_stage",
@@ -106,6 +108,7 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         )
         stages["inference"] = inference_stage(
             s.run, stages["transfer"], inp.teachers, inp.space, start_ray=s.start_ray,
+            features=inp.recipe.propagation is not None,
             batch_size=cfg.inference_batch_size, use_gpu=cfg.use_gpu,
             concurrency=cfg.inference_concurrency, num_threads=cfg.inference_threads,
         )  # fmt: skip
@@ -114,7 +117,8 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
             recipe, schedule, selected_by = sweep_recipe(cfg, s, inp)
         targets = stages["inference"]
         if recipe.mode != "bp":
-            targets = stages["soft_labels"] = soft_labels_stage(s.run, stages["inference"], recipe)
+            feats = s.run.features if recipe.propagation is not None else None
+            targets = stages["soft_labels"] = soft_labels_stage(s.run, stages["inference"], recipe, feats)
         stages["student"] = student_stage(cfg, s, inp, recipe, schedule, stages["transfer"], targets)
         res = JobResult(
             name=cfg.name,
@@ -182,7 +186,7 @@ def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs:
         eval_set=eval_set,
         val_set=val_set,
         spec=cfg.student_spec(space.classes, spec_in),
-        recipe=cfg.recipe([t.name for t in teachers]),
+        recipe=cfg.recipe([t.name for t in teachers], owner_temperatures(teachers, cfg, s.log)),
         schedule=cfg.schedule(),
     )
 
@@ -248,6 +252,34 @@ def _val_set(
     return val
 
 
+def owner_temperatures(
+    teachers: Sequence[Teacher | tuple[str, ModelSpec]], cfg: UnifyConfig, log: Callable[[str], None]
+) -> dict[str, float]:
+    """Lever owner_calibration: each teacher's temperature from its owner's calibration (the spec's
+    ``metadata["calibration"]``, `zoo.unify.calibration`), by name; empty when the lever is off. A
+    teacher without one (a spec made before calibrations existed) keeps temperature 1, said in the log."""
+    if not cfg.owner_calibration:
+        return {}
+    temps, missing = {}, []
+    for t in teachers:
+        name, spec = (t.name, t.spec) if isinstance(t, Teacher) else t
+        try:
+            cal = calibration_from_metadata(None if spec is None else spec.metadata)
+        except ValueError as e:
+            raise JobError(f"teacher {name}: {e}; re-register it with a valid --calibration FILE") from None
+        if cal is None:
+            missing.append(name)
+        else:
+            temps[name] = cal.temperature
+    if missing:
+        log(
+            f"[calibration] {', '.join(missing)}: no owner's calibration in the spec, temperature 1 "
+            "(a zoo built before calibrations existed: rebuild it, or `zoo register --calibration`)"
+        )
+    log(f"[calibration] owners' temperatures: {json.dumps({k: round(v, 3) for k, v in temps.items()})}")
+    return temps
+
+
 def common_input(specs: Sequence[InputSpec], log: Callable[[str], None]) -> InputSpec:
     """The student's input contract from the teachers': theirs when they all share one, else the most
     common (ties: the largest images), said in the log."""
@@ -305,7 +337,8 @@ def sweep_inputs(
         if val_set is not None
         else "[sweep] no labelled validation set (--val DIR): ranking by the label-free proxy"
     )
-    return cfg.student_spec(space.classes, spec_in), cfg.recipe(list(space.teachers)), val_set
+    owners = owner_temperatures([(t["name"], x) for t, x in zip(lf.teachers, specs)], cfg, s.log)
+    return cfg.student_spec(space.classes, spec_in), cfg.recipe(list(space.teachers), owners), val_set
 
 
 def student_stage(
