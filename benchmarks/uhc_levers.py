@@ -95,7 +95,7 @@ STUDENTS = {"mlp": STUDENT, "job": job_student()}
 
 
 def levers_of(config: str) -> list[str]:
-    if config in ("base", "oracle"):
+    if config in ("base", "oracle", "spv"):
         return []
     levers = config.split("+")
     bad = [lever for lever in levers if lever not in LEVERS]
