@@ -157,3 +157,17 @@ def test_propagation_settings_validate_and_round_trip():
     ):
         with pytest.raises(ValueError, match=match):
             Propagation.from_dict(bad)
+
+
+def test_join_features_projection_does_not_depend_on_the_global_rng():
+    g = torch.Generator().manual_seed(7)
+    feats = [torch.randn(50, 12, generator=g), torch.randn(50, 9, generator=g)]
+    torch.manual_seed(1)
+    a = join_features(feats, dim=4)
+    torch.manual_seed(2)
+    b = join_features(feats, dim=4)
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    join_features(feats, dim=4)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is left as it was

@@ -108,7 +108,12 @@ def join_features(features: Sequence[Tensor], dim: int | None = None) -> Tensor:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int or None; got {dim!r}")
         if dim < x.shape[1]:
-            _, _, v = torch.pca_lowrank(x, q=dim, center=False, niter=4)
+            # pca_lowrank starts from a random projection: seeded here, so that the same features give
+            # the same q whatever ran before in the process (the stage's output is a function of its inputs).
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                _, _, v = torch.pca_lowrank(x, q=dim, center=False, niter=4)
             x = x @ v[:, :dim]
     return x
 
