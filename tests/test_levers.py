@@ -519,3 +519,32 @@ def test_job_config_flags_turn_the_levers_on_q_on_and_off():
     assert bp.recipe(["t0"]).replace(mode="bs") == Recipe(mode="bs")
     with pytest.raises(ValueError, match="sharpen"):
         load_config(overrides={"sharpen": 2})
+
+
+def test_the_sweep_carries_the_levers_and_reads_the_features_of_its_training_images(tmp_path):
+    """prepare_data takes the teachers' features of the trials' training images from features.parquet
+    (the propagation lever of the job's recipe); a BP grid point turns the levers on q off."""
+    from zoo.data import synthetic_images
+    from zoo.pipeline.sweep import SweepConfig, prepare_data, trial_config
+    from zoo.pipeline.transfer import materialize_transfer_set
+
+    space, ids, z, f, logits_path, features_path = _write_run(tmp_path, b=40)
+    images, _ = synthetic_images(40, 4, size=8, seed=0)
+    transfer = materialize_transfer_set((images, ids), tmp_path / "transfer.parquet")
+    spec = ModelSpec("mlp", list(space.classes), SPEC.input, {"hidden": 16, "layers": 1})
+    cfg = SweepConfig(transfer_limit=30, proxy_holdout=6)
+    data = prepare_data(transfer, logits_path, spec, cfg, features_path=features_path)
+    # the rows of the training images: find each training row's logits among all, take its features
+    rows = [int(torch.nonzero((z == zi).all(-1).all(-1))[0]) for zi in data.train_logits]
+    for got, full in zip(data.train_features, f):
+        torch.testing.assert_close(got, full[rows])
+    job = _cfg(sharpen=0.0, propagation={"k": 4}, teacher_temperatures=[2.0, 1.0])
+    trial, _ = trial_config(
+        {"method": "ce", "mode": "bp", "temperature": 1.0, "lr": 0.1}, job, _schedule(1, 0.1)
+    )
+    assert trial.replace(mode="bs") == _cfg(temperature=1.0, teacher_temperatures=[2.0, 1.0])
+    trial, _ = trial_config(
+        {"method": "sd", "mode": "e", "temperature": 1.0, "lr": 0.1}, job, _schedule(1, 0.1)
+    )
+    assert trial.propagation == Propagation(k=4) and trial.sharpen == 0.0
+    assert train_trial(data, spec, _schedule(1, 0.1), trial)[-1]["train_loss"] > 0
