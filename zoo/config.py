@@ -321,14 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="random translations of the transfer images while the student trains",
     )
 
-    def on_off(flag: str, key: str, text: str) -> None:
-        add(f"--{flag}", dest=key, action="store_const", const=True, help=text)
-        add(f"--no-{flag}", dest=key, action="store_const", const=False, help=f"no {flag.replace('-', ' ')}")
+    def on_off(flag: str, key: str, on: str, off: str) -> None:
+        add(f"--{flag}", dest=key, action="store_const", const=True, help=on)
+        add(f"--no-{flag}", dest=key, action="store_const", const=False, help=off)
 
-    on_off("owner-calibration", "owner_calibration", "temperatures from the teachers' owners' calibrations")
+    on_off(
+        "owner-calibration", "owner_calibration", "divide each teacher's logits by its owner's temperature "
+        "(its spec's calibration)", "leave the teachers' logits as they are",
+    )  # fmt: skip
     add("--sharpen", type=float, metavar="TAU", help="sharpen q: 1 = as estimated, 0 = hard labels")
-    add("--estimation-temperature", type=float, help="T at which q is estimated (default: --temperature)")
-    on_off("propagate", "propagate", "propagate q over the kNN graph of the teachers' features")
+    add(
+        "--estimation-temperature",
+        type=float,
+        metavar="T",
+        help="T at which q is estimated (default: --temperature)",
+    )
+    on_off(
+        "propagate", "propagate", "propagate q over the kNN graph of the teachers' features",
+        "no propagation of q",
+    )  # fmt: skip
     add("--epochs", type=int, help="student epochs")
     add("--arch", help="student architecture (zoo.architectures allow-list)")
     add("--lr", type=float, help="student learning rate")
