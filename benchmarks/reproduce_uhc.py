@@ -457,9 +457,11 @@ def shared_targets(trial: Trial, recipe: Any) -> Any:
     for the levers that change the logits first (calibration, self-training)."""
     from dataclasses import replace as _replace
 
-    from zoo.unify.recipe import build_targets
+    from zoo.unify.recipe import Q_LEVERS_OFF, build_targets
 
     if recipe.mode == "bp" or recipe.teacher_temperatures is not None or recipe.self_train_rounds:
+        return None
+    if recipe.replace(**Q_LEVERS_OFF) != recipe:  # the levers on q (issue 18): not this memo's q
         return None
     key = (recipe.method, recipe.temperature, recipe.sample_weighting)
     if key not in trial._targets:

@@ -7,7 +7,9 @@
 
 Teachers are registered as <name>-t<i> (tags zoo=<name>, role=teacher) in the MLflow store of
 $MLFLOW_TRACKING_URI (default sqlite:///zoo.db); the split goes to the experiment <name>. A rebuild
-makes new versions. Prints a table of the teachers at the end.
+makes new versions. Each teacher ships its owner's calibration (temperature and confidence quantiles,
+fitted on its own held-out slice: --holdout-per-class) in its spec's metadata. Prints a table of the
+teachers at the end.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.val_size,
         help="labelled validation images (training images of the union; the sweep selects on them)",
+    )
+    p.add_argument(
+        "--holdout-per-class",
+        type=int,
+        default=d.holdout_per_class,
+        help="per teacher and class, labelled images its owner holds out to calibrate it (0: no calibration)",
     )
     p.add_argument(
         "--archs",
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             images_per_class=_range(args.images_per_class),
             transfer_size=args.transfer_size,
             val_size=args.val_size,
+            holdout_per_class=args.holdout_per_class,
             overlap=args.overlap,
             archs=tuple(a for a in args.archs.split(",") if a.strip()),
             epochs=args.epochs,

@@ -63,7 +63,13 @@ def check_invariants(split: DemoSplit, cfg: DemoConfig, train: np.ndarray, test:
     val = set(split.val_indices)
     assert len(val) == cfg.val_size and not val & transfer and not val & set(used)
     assert set(train[list(val)]) <= union, "validation images are of the union classes"
-    free = len(train) - len(used) - len(val)
+    held: list[int] = []
+    for t in split.teachers:  # each owner's held-out slice: its classes, k per class, nobody else's
+        per_class = np.bincount(train[list(t.holdout_indices)], minlength=10)
+        assert all(per_class[c] == (cfg.holdout_per_class if c in t.labels else 0) for c in range(10))
+        held += t.holdout_indices
+    assert len(held) == len(set(held)) and not set(held) & (set(used) | transfer | val)
+    free = len(train) - len(used) - len(val) - len(held)
     assert len(transfer) == (free if cfg.transfer_size is None else cfg.transfer_size)
     assert all(0 <= i < len(train) for i in transfer)
     assert list(split.eval_indices) == np.flatnonzero(np.isin(test, list(union))).tolist()
@@ -122,7 +128,7 @@ def test_random_configurations_keep_the_invariants(
     try:
         split = make_split(cfg, train, test, CLASSES)
     except ValueError as e:  # only when the data set runs out of images
-        assert "training images" in str(e) or "transfer_size" in str(e) or "val_size" in str(e), e
+        assert any(k in str(e) for k in ("training images", "transfer_size", "val_size", "holdout")), e
         return
     check_invariants(split, cfg, train, test)
     assert DemoSplit.from_json(split.to_json()) == split
@@ -257,7 +263,8 @@ def test_validation_set_is_labelled_disjoint_and_leaves_the_rest_unchanged() -> 
     # Its own random stream: teachers and transfer set are those of a split without validation set.
     none = make_split(replace(cfg, val_size=0), TRAIN, TEST, CLASSES)
     assert not none.has_validation and "val_indices" not in none.to_dict()
-    assert none.teachers == split.teachers and none.transfer_indices == split.transfer_indices
+    assert none.transfer_indices == split.transfer_indices
+    assert [t.train_indices for t in none.teachers] == [t.train_indices for t in split.teachers]
     # transfer_size=None: the transfer set takes every unused image except the validation set.
     every = make_split(replace(cfg, transfer_size=None), TRAIN, TEST, CLASSES)
     assert not set(every.val_indices) & set(every.transfer_indices) and len(every.val_indices) == 700
@@ -269,6 +276,38 @@ def test_validation_set_is_labelled_disjoint_and_leaves_the_rest_unchanged() -> 
     bad["val_indices"].append(bad["transfer_indices"][0])
     with pytest.raises(ValueError, match="validation"):
         DemoSplit.from_dict(bad)
+
+
+def test_each_teacher_has_its_owners_held_out_slice() -> None:
+    cfg = DemoConfig(seed=3)
+    split = make_split(cfg, TRAIN, TEST, CLASSES)
+    assert split.has_holdout
+    images = np.arange(len(TRAIN))  # the "image" is its index
+    for i, t in enumerate(split.teachers):
+        x, y = split.teacher_holdout(i, images, TRAIN)
+        assert set(x.tolist()) == set(t.holdout_indices) and len(x) == 20 * len(t.labels)
+        assert [t.labels[k] for k in y] == TRAIN[x].tolist()  # labels index the teacher's own classes
+    # Its own stream: everything else is what a split without held-out slices draws.
+    none = make_split(replace(cfg, holdout_per_class=0), TRAIN, TEST, CLASSES)
+    assert not none.has_holdout and "holdout_indices" not in none.to_dict()["teachers"][0]
+    assert none.transfer_indices == split.transfer_indices and none.val_indices == split.val_indices
+    assert [t.train_indices for t in none.teachers] == [t.train_indices for t in split.teachers]
+    bad = split.to_dict()
+    bad["teachers"][1]["holdout_indices"].append(bad["transfer_indices"][0])
+    with pytest.raises(ValueError, match="held-out"):
+        DemoSplit.from_dict(bad)
+    with pytest.raises(ValueError, match="holdout_per_class"):
+        DemoConfig(holdout_per_class=-1)
+
+
+def test_split_saved_before_the_held_out_slices_still_loads() -> None:
+    d = make_split(DemoConfig(), TRAIN, TEST, CLASSES).to_dict()
+    for t in d["teachers"]:
+        del t["holdout_indices"]
+    del d["config"]["holdout_per_class"]
+    old = DemoSplit.from_dict(d)
+    assert not old.has_holdout and old.to_dict() == d
+    assert len(old.teacher_holdout(0, np.arange(len(TRAIN)), TRAIN)[0]) == 0
 
 
 def test_split_saved_before_the_validation_set_still_loads() -> None:

@@ -24,7 +24,8 @@ from zoo.unify.calibration import (
     teacher_pvalues,
 )
 from zoo.unify.confidence import confidence_scores, in_union_weights, sample_weights
-from zoo.unify.recipe import Recipe, build_targets, make_loss
+from zoo.unify.propagate import Propagation, propagate_soft_labels
+from zoo.unify.recipe import Q_LEVERS_OFF, Recipe, build_targets, make_loss
 from zoo.unify.self_training import add_student_teacher
 from zoo.unify.sharpen import sharpen
 
@@ -380,3 +381,170 @@ def test_sharpen_keeps_the_argmax_and_lowers_the_entropy():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="tau"):
             sharpen(q, bad)
+
+
+# ------------------------------------------------------------- the levers on q as Recipe options (issue 18)
+def _features(b: int, seed: int = 4) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 6, generator=g), torch.randn(b, 3, generator=g)]
+
+
+def test_recipe_validates_the_levers_on_q_and_round_trips():
+    r = _cfg(sharpen=0, estimation_temperature=1, propagation={"k": 4, "dim": None})
+    assert r.sharpen == 0.0 and r.q_temperature == 1.0 and r.propagation == Propagation(k=4, dim=None)
+    assert Recipe(**json.loads(json.dumps(r.to_dict()))) == r  # the lineage's JSON makes the same recipe
+    assert _cfg().q_temperature == 3.0 and _cfg().propagation is None
+    for bad, match in (
+        ({"sharpen": 1.5}, "sharpen"),
+        ({"sharpen": True}, "sharpen"),
+        ({"estimation_temperature": 0}, "estimation_temperature"),
+        ({"propagation": {"alpha": 2}}, "alpha"),
+        ({"propagation": 3}, "propagation"),
+        ({"mode": "bp", "sharpen": 0}, "turn them off for bp"),
+        ({"mode": "bp", "propagation": {}}, "turn them off for bp"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _cfg(**bad)
+    assert _cfg(sharpen=0).replace(mode="bp", **Q_LEVERS_OFF).mode == "bp"
+
+
+def test_build_targets_estimates_at_its_temperature_then_propagates_then_sharpens():
+    z, f = _logits(40), _features(40)
+    base = build_targets(z, MASK, _cfg())
+    t1 = build_targets(z, MASK, _cfg(estimation_temperature=1.0))
+    torch.testing.assert_close(t1.q, estimate_soft_labels(z, MASK, "ce", 1.0).float())
+    with pytest.raises(ValueError, match="features"):
+        build_targets(z, MASK, _cfg(propagation={}))
+    prop = build_targets(z, MASK, _cfg(propagation={"k": 5, "dim": None}), features=f)
+    torch.testing.assert_close(prop.q, propagate_soft_labels(base.q, f, k=5, dim=None))
+    assert not torch.allclose(prop.q, base.q)
+    both = build_targets(z, MASK, _cfg(propagation={"k": 5, "dim": None}, sharpen=0.0), features=f)
+    assert torch.equal(both.q, sharpen(prop.q, 0))
+    # BS balances the estimated class distribution: the weights of q before it is sharpened
+    torch.testing.assert_close(both.class_weights, prop.class_weights)
+    half = build_targets(z, MASK, _cfg(sharpen=0.5))
+    torch.testing.assert_close(half.q, sharpen(base.q, 0.5))
+
+
+def test_the_levers_on_q_reach_train_trial():
+    import dataclasses
+
+    data = dataclasses.replace(_tiny_data(), train_features=_features(40))
+    one = _schedule(1, 0.1)
+    loss = [
+        train_trial(data, SPEC, one, _cfg(**levers))[-1]["train_loss"]
+        for levers in ({}, {"sharpen": 0.0}, {"estimation_temperature": 1.0}, {"propagation": {"k": 4}})
+    ]
+    assert len(set(loss)) == len(loss), f"some option changed nothing: {loss}"
+    with pytest.raises(ValueError, match="features"):
+        train_trial(_tiny_data(), SPEC, one, _cfg(propagation={}))
+
+
+def _write_run(tmp_path, b: int = 24):
+    """logits.parquet and features.parquet of two teachers, as the inference stage writes them."""
+    import pyarrow as pa
+
+    from zoo.labels import build_label_space
+    from zoo.pipeline.storage import vector_column, write_parquet_atomic
+
+    space = build_label_space([["a", "b", "c"], ["b", "c", "d"]], ["t0", "t1"])
+    z, f = _logits(b) * space.mask, _features(b)
+    ids = [f"s{i}" for i in range(b)]
+    teachers = json.dumps([{"name": n, "version": 1, "run_id": None} for n in space.teachers])
+    meta = {
+        "zoo.label_space": json.dumps(space.to_dict()),
+        "zoo.mask": json.dumps(space.mask.tolist()),
+        "zoo.teachers": teachers,
+    }
+    cols = {"id": ids, "logits": vector_column(z.reshape(b, -1).numpy())}
+    logits = write_parquet_atomic(pa.table(cols), tmp_path / "logits.parquet", meta)
+    feats = [
+        {"name": n, "version": 1, "column": f"f{i}", "dim": x.shape[1]}
+        for i, (n, x) in enumerate(zip(space.teachers, f))
+    ]
+    fcols = {"id": ids, **{d["column"]: vector_column(x.half().numpy()) for d, x in zip(feats, f)}}
+    meta = {"zoo.features": json.dumps(feats), "zoo.teachers": teachers}
+    features = write_parquet_atomic(pa.table(fcols), tmp_path / "features.parquet", meta)
+    return space, ids, z, [x.half().float() for x in f], logits, features
+
+
+def test_the_soft_labels_stage_propagates_over_the_features_file_with_the_owners_temperatures(tmp_path):
+    """Main job: the owners' temperatures (from the teachers' specs) reach the recipe, and the
+    soft-labels stage reads features.parquet when the recipe propagates; load_targets hands the
+    student that q."""
+    from zoo.artifacts import InputSpec, ModelSpec
+    from zoo.config import load_config
+    from zoo.pipeline.cache import RunDir, StageResult
+    from zoo.pipeline.soft_labels import TargetError, load_targets, soft_labels_stage
+    from zoo.pipeline.unify import owner_temperatures
+
+    space, ids, z, f, logits_path, features_path = _write_run(tmp_path)
+    cfg = load_config(overrides={"owner_calibration": True, "propagate": True, "sharpen": 0.0,
+                                 "propagation": {"k": 5, "dim": None}})  # fmt: skip
+    cal = fit_calibration(*_separable(classes=3)).to_dict()
+    spec = lambda meta: ModelSpec("mlp", ["a", "b", "c"], InputSpec(1, 8, 8, (0.0,), (1.0,)), {}, meta)  # noqa: E731
+    said = []
+    owners = owner_temperatures([("t0", spec({"calibration": cal})), ("t1", spec({}))], cfg, said.append)
+    assert owners == {"t0": cal["temperature"]} and "t1: no owner's calibration" in said[0]
+    recipe = cfg.recipe(list(space.teachers), owners)
+    assert recipe.teacher_temperatures == (cal["temperature"], 1.0)
+    run = RunDir(tmp_path / "run").ensure()
+    logits = StageResult("inference", logits_path, "fp", False, 0.0)
+    out = soft_labels_stage(run, logits, recipe, features_path)
+    t = load_targets(out.path, ids, list(space.classes), recipe)
+    expect = build_targets(z, space.mask, recipe, features=f)
+    torch.testing.assert_close(t.q, expect.q)
+    assert soft_labels_stage(run, logits, recipe, features_path).skipped
+    with pytest.raises(TargetError, match="features"):
+        soft_labels_stage(RunDir(tmp_path / "other").ensure(), logits, recipe, None)
+
+
+def test_job_config_flags_turn_the_levers_on_q_on_and_off():
+    from zoo.config import config_from_args, load_config
+
+    on = config_from_args(
+        ["--owner-calibration", "--sharpen", "0", "--propagate", "--estimation-temperature", "1"]
+    )
+    r = on.recipe(["t0", "t1"], {"t0": 2.0})
+    assert r.teacher_temperatures == (2.0, 1.0) and r.sharpen == 0 and r.propagation == Propagation()
+    assert r.q_temperature == 1.0
+    off = config_from_args(["--no-owner-calibration", "--no-propagate", "--sharpen", "1"])
+    assert off.recipe(["t0", "t1"], {"t0": 2.0}) == Recipe()
+    # the config's own temperatures win over the owners'; bp leaves the levers on q off
+    cfg = load_config(
+        overrides={"owner_calibration": True, "teacher_temperatures": {"t0": 5.0}, "sharpen": 0}
+    )
+    assert cfg.recipe(["t0", "t1"], {"t0": 2.0, "t1": 3.0}).teacher_temperatures == (5.0, 3.0)
+    bp = load_config(overrides={"mode": "bp", "sharpen": 0, "propagate": True})
+    assert bp.recipe(["t0"]).replace(mode="bs") == Recipe(mode="bs")
+    with pytest.raises(ValueError, match="sharpen"):
+        load_config(overrides={"sharpen": 2})
+
+
+def test_the_sweep_carries_the_levers_and_reads_the_features_of_its_training_images(tmp_path):
+    """prepare_data takes the teachers' features of the trials' training images from features.parquet
+    (the propagation lever of the job's recipe); a BP grid point turns the levers on q off."""
+    from zoo.data import synthetic_images
+    from zoo.pipeline.sweep import SweepConfig, prepare_data, trial_config
+    from zoo.pipeline.transfer import materialize_transfer_set
+
+    space, ids, z, f, logits_path, features_path = _write_run(tmp_path, b=40)
+    images, _ = synthetic_images(40, 4, size=8, seed=0)
+    transfer = materialize_transfer_set((images, ids), tmp_path / "transfer.parquet")
+    spec = ModelSpec("mlp", list(space.classes), SPEC.input, {"hidden": 16, "layers": 1})
+    cfg = SweepConfig(transfer_limit=30, proxy_holdout=6)
+    data = prepare_data(transfer, logits_path, spec, cfg, features_path=features_path)
+    # the rows of the training images: find each training row's logits among all, take its features
+    rows = [int(torch.nonzero((z == zi).all(-1).all(-1))[0]) for zi in data.train_logits]
+    for got, full in zip(data.train_features, f):
+        torch.testing.assert_close(got, full[rows])
+    job = _cfg(sharpen=0.0, propagation={"k": 4}, teacher_temperatures=[2.0, 1.0])
+    trial, _ = trial_config(
+        {"method": "ce", "mode": "bp", "temperature": 1.0, "lr": 0.1}, job, _schedule(1, 0.1)
+    )
+    assert trial.replace(mode="bs") == _cfg(temperature=1.0, teacher_temperatures=[2.0, 1.0])
+    trial, _ = trial_config(
+        {"method": "sd", "mode": "e", "temperature": 1.0, "lr": 0.1}, job, _schedule(1, 0.1)
+    )
+    assert trial.propagation == Propagation(k=4) and trial.sharpen == 0.0
+    assert train_trial(data, spec, _schedule(1, 0.1), trial)[-1]["train_loss"] > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,8 +33,16 @@ CFG = DemoConfig(
 
 def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
     from zoo.pipeline.datasets import dataset_for_split, load_dataset, transfer_arrays
-    from zoo.pipeline.make_zoo import build_zoo, ensure_demo_zoo, format_table, latest_teachers, load_split
+    from zoo.pipeline.make_zoo import (
+        build_zoo,
+        ensure_demo_zoo,
+        format_table,
+        latest_teachers,
+        load_split,
+        owner_calibration,
+    )
     from zoo.registry import Registry
+    from zoo.unify.calibration import calibration_from_metadata
 
     ds = load_dataset(synthetic=True)
     build = build_zoo("syn", CFG, dataset=ds, tracking_uri=mlflow_uri, timeout_s=240)
@@ -60,6 +69,11 @@ def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
         assert evaluate(model, preprocess(xe, spec.input), torch.as_tensor(ye)) == pytest.approx(
             acc, abs=1e-6
         )
+        # The owner's calibration, fitted on the teacher's held-out slice of the split, ships in the spec.
+        cal = calibration_from_metadata(rec.spec.metadata)
+        assert cal is not None and cal.n == len(t.holdout_indices) == 20 * len(t.classes)
+        xh, yh = split.teacher_holdout(i, ds.images_train, ds.labels_train)
+        assert owner_calibration(model, spec, xh, yh) == cal
 
     # The split is a versioned MLflow artifact, read back identical.
     back = load_split("syn", mlflow_uri)
@@ -70,7 +84,7 @@ def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
     assert len(images) == len(ids) == CFG.transfer_size and ids[0] == f"train-{back.transfer_indices[0]}"
 
     table = format_table(build.rows)
-    assert all(f"syn-t{i}" in table for i in range(3)) and "accuracy" in table
+    assert all(f"syn-t{i}" in table for i in range(3)) and "accuracy" in table and "temp" in table
 
     # Present: ensure_demo_zoo does not rebuild.
     again = ensure_demo_zoo("syn", CFG, mlflow_uri, dataset=ds, timeout_s=240)
@@ -122,3 +136,32 @@ def test_cli_refuses_bad_flags_before_starting_anything(capsys: pytest.CaptureFi
     assert "50-200" in capsys.readouterr().err
     assert job.main(["--teachers", "1", "--union", "8", "--classes-per-teacher", "2-3"]) == 2
     assert "cannot cover" in capsys.readouterr().err
+
+
+def test_train_teacher_ships_its_owners_calibration_when_given_a_held_out_slice() -> None:
+    """No Ray: train_teacher fits `fit_calibration` (prior_count 1) on the held-out images it is
+    given, as the demo zoo's builder passes each teacher's slice of the split; none without them."""
+    from zoo.artifacts import InputSpec, ModelSpec, build_net
+    from zoo.pipeline.make_zoo import owner_calibration, train_teacher
+    from zoo.unify.calibration import TeacherCalibration, fit_calibration
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 3
+    images = (rng.integers(0, 60, (90, 8, 8)) + 60 * labels[:, None, None]).astype(np.uint8)
+    spec_in = InputSpec(1, 8, 8, (0.3,), (0.3,))
+    kwargs = dict(epochs=3, lr=3e-3, batch_size=16, optimizer="adam", augment=False, seed=0, threads=None)
+    args = ("mlp", {"hidden": 16, "layers": 1}, ["a", "b", "c"], spec_in.to_dict())
+    out = train_teacher(*args, images[:60], labels[:60], images[60:], labels[60:], **kwargs)
+    assert out["calibration"] is None
+    out = train_teacher(
+        *args, images[:60], labels[:60], images[60:], labels[60:], holdout_images=images[60:],
+        holdout_labels=labels[60:], **kwargs,
+    )  # fmt: skip
+    cal = TeacherCalibration.from_dict(out["calibration"])
+    spec = ModelSpec("mlp", ["a", "b", "c"], spec_in, {"hidden": 16, "layers": 1})
+    model = build_net(spec)
+    model.load_state_dict(out["state"])
+    assert owner_calibration(model, spec, images[60:], labels[60:]) == cal and cal.n == 30
+    with torch.inference_mode():
+        z = model(preprocess(images[60:], spec_in))
+    assert cal == fit_calibration(z, torch.as_tensor(labels[60:]), prior_count=1.0)

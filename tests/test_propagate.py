@@ -9,7 +9,13 @@ import math
 import pytest
 import torch
 
-from zoo.unify.propagate import join_features, knn_graph, label_spreading, propagate_soft_labels
+from zoo.unify.propagate import (
+    Propagation,
+    join_features,
+    knn_graph,
+    label_spreading,
+    propagate_soft_labels,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -136,3 +142,32 @@ def test_propagate_soft_labels_in_one_call():
     assert out.shape == q.shape and torch.equal(out.argmax(1), truth)
     with pytest.raises(ValueError, match="one row per transfer image"):
         propagate_soft_labels(q[:-1], x)
+
+
+def test_propagation_settings_validate_and_round_trip():
+    p = Propagation.from_dict({"k": 5, "alpha": 0.5})
+    assert (p.k, p.alpha, p.dim, p.gamma) == (5, 0.5, 64, 3.0)
+    assert Propagation.from_dict(p.to_dict()) == p
+    for bad, match in (
+        ({"k": 0}, "k must"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"dim": 0}, "dim"),
+        ({"gamma": -1}, "gamma"),
+        ({"kk": 3}, "unknown"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Propagation.from_dict(bad)
+
+
+def test_join_features_projection_does_not_depend_on_the_global_rng():
+    g = torch.Generator().manual_seed(7)
+    feats = [torch.randn(50, 12, generator=g), torch.randn(50, 9, generator=g)]
+    torch.manual_seed(1)
+    a = join_features(feats, dim=4)
+    torch.manual_seed(2)
+    b = join_features(feats, dim=4)
+    assert torch.equal(a, b)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    join_features(feats, dim=4)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream is left as it was

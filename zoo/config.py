@@ -89,6 +89,12 @@ class UnifyConfig:
     teacher_temperatures: dict[str, float] = field(default_factory=dict)  # teacher name -> owner's fit
     sample_weighting: str = "none"  # "confidence": down-weight transfer images no teacher claims
     augment: bool = False  # random translations of the transfer images while the student trains
+    # levers on q (issue 18; modes e and bs: bp has no q and leaves them off)
+    owner_calibration: bool = False  # each teacher's temperature from its owner's calibration (its spec)
+    sharpen: float = 1.0  # tau of zoo.unify.sharpen: 1 = q as estimated, 0 = hard labels
+    estimation_temperature: float | None = None  # T at which q is estimated (default: temperature)
+    propagate: bool = False  # smooth q over the kNN graph of the teachers' features (zoo.unify.propagate)
+    propagation: dict[str, Any] = field(default_factory=dict)  # {k, alpha, dim, gamma}; default 10, .8, 64, 3
     # stage 4: student
     name: str = "unified-fmnist"
     arch: str = "cnn"
@@ -150,9 +156,12 @@ class UnifyConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    def recipe(self, teachers: Sequence[str] | None = None) -> Recipe:
+    def recipe(
+        self, teachers: Sequence[str] | None = None, owner_temperatures: Mapping[str, float] | None = None
+    ) -> Recipe:
         """The student's recipe; ``teachers`` (names, in the logits' order) place the per-teacher
-        temperatures (lever teacher_temperatures, given by name; 1 for a teacher not named)."""
+        temperatures: the config's ``teacher_temperatures`` by name, else (``owner_calibration``) the
+        owners' (``owner_temperatures``, from the teachers' specs), else 1."""
         temps = None
         if self.teacher_temperatures and teachers is not None:
             unknown = sorted(set(self.teacher_temperatures) - set(teachers))
@@ -160,7 +169,11 @@ class UnifyConfig:
                 raise ConfigError(
                     f"teacher_temperatures names {unknown} are not among the teachers {list(teachers)}"
                 )
-            temps = tuple(float(self.teacher_temperatures.get(n, 1.0)) for n in teachers)
+        owners = dict(owner_temperatures or {}) if self.owner_calibration else {}
+        by_name = {**owners, **self.teacher_temperatures}
+        if by_name and teachers is not None:
+            temps = tuple(float(by_name.get(n, 1.0)) for n in teachers)
+        on_q = str(self.mode).strip().lower() != "bp"  # the levers on q: modes e and bs only
         return Recipe(
             method=self.method,
             mode=self.mode,
@@ -168,6 +181,9 @@ class UnifyConfig:
             teacher_temperatures=temps,
             sample_weighting=self.sample_weighting,
             augment=self.augment,
+            estimation_temperature=self.estimation_temperature if on_q else None,
+            propagation=dict(self.propagation) if on_q and self.propagate else None,
+            sharpen=self.sharpen if on_q else 1.0,
         )
 
     def schedule(self) -> Schedule:
@@ -351,6 +367,26 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="random translations of the transfer images while the student trains",
     )
+
+    def on_off(flag: str, key: str, on: str, off: str) -> None:
+        add(f"--{flag}", dest=key, action="store_const", const=True, help=on)
+        add(f"--no-{flag}", dest=key, action="store_const", const=False, help=off)
+
+    on_off(
+        "owner-calibration", "owner_calibration", "divide each teacher's logits by its owner's temperature "
+        "(its spec's calibration)", "leave the teachers' logits as they are",
+    )  # fmt: skip
+    add("--sharpen", type=float, metavar="TAU", help="sharpen q: 1 = as estimated, 0 = hard labels")
+    add(
+        "--estimation-temperature",
+        type=float,
+        metavar="T",
+        help="T at which q is estimated (default: --temperature)",
+    )
+    on_off(
+        "propagate", "propagate", "propagate q over the kNN graph of the teachers' features",
+        "no propagation of q",
+    )  # fmt: skip
     add("--epochs", type=int, help="student epochs (at least; more on a small transfer set: --min-steps)")
     add("--min-steps", type=int, help="at least this many optimiser steps for the student (default 750)")
     add("--patience", type=int, help="stop once the validation accuracy stalls this many epochs (0: never)")

@@ -11,6 +11,9 @@ One trial of the protocol:
   set's classes (so that, as in the paper, much of U lies outside L_U);
 - the validation set: ``val_size`` labelled training images of L_U's classes that neither the
   teachers nor the transfer set use (for choosing the method, mode, T and lr; never the test images);
+- each teacher's held-out slice: ``holdout_per_class`` labelled training images per class of its
+  classes, used by nobody else: its owner's own validation data, on which the owner fits the
+  calibration it ships with the model (`zoo.unify.calibration.fit_calibration`);
 - the evaluation set: the test split restricted to the classes of L_U (the final report only).
 
 The split holds indices only (into the training and the test split), plus a fingerprint of the label
@@ -101,6 +104,7 @@ class DemoConfig:
     images_per_class: tuple[int, int] = (100, 100)
     transfer_size: int | None = 20000
     val_size: int = 2000  # labelled validation images of L_U's classes (0: none)
+    holdout_per_class: int = 20  # each teacher owner's held-out images per class of its classes (0: none)
     overlap: str = "random"
     archs: tuple[str, ...] = DEFAULT_ARCHS
     # Teacher training (zoo.train.fit_classifier).
@@ -152,6 +156,9 @@ class DemoConfig:
             or self.val_size < 0
         ):
             raise ValueError(f"val_size must be an int >= 0 (0: no validation set), got {self.val_size!r}")
+        h = self.holdout_per_class
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 0:
+            raise ValueError(f"holdout_per_class must be an int >= 0 (0: no held-out slices), got {h!r}")
         if self.overlap not in OVERLAP_MODES:
             raise ValueError(f"overlap must be one of {OVERLAP_MODES}, got {self.overlap!r}")
         if not archs:
@@ -186,13 +193,15 @@ class DemoConfig:
 @dataclass(frozen=True)
 class TeacherSplit:
     """One teacher: its classes (names, in output order), their labels in the data set, its
-    architecture and the indices of its training images in the training split."""
+    architecture, the indices of its training images in the training split, and those of its owner's
+    held-out slice (empty in splits saved before it existed)."""
 
     classes: tuple[str, ...]
     labels: tuple[int, ...]
     arch: str
     arch_kwargs: Mapping[str, Any]
     train_indices: tuple[int, ...]
+    holdout_indices: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,11 @@ class DemoSplit:
     def has_validation(self) -> bool:
         return len(self.val_indices) > 0
 
+    @property
+    def has_holdout(self) -> bool:
+        """Every teacher has its owner's held-out slice (splits saved before it existed have none)."""
+        return all(len(t.holdout_indices) > 0 for t in self.teachers)
+
     # ------------------------------------------------------------------ data views
     def check_labels(self, labels_train: np.ndarray, labels_test: np.ndarray) -> None:
         """Raise ValueError unless the label arrays are the ones the split was drawn from."""
@@ -234,6 +248,15 @@ class DemoSplit:
         """Teacher i's training images and its labels as indices into its own classes."""
         t = self.teachers[i]
         idx = np.asarray(t.train_indices, dtype=np.int64)
+        return images[idx], _remap(labels[idx], t.labels)
+
+    def teacher_holdout(
+        self, i: int, images: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher i's held-out slice (training split; its owner's labelled validation images) and its
+        labels as indices into its own classes. Empty when the split has none."""
+        t = self.teachers[i]
+        idx = np.asarray(t.holdout_indices, dtype=np.int64)
         return images[idx], _remap(labels[idx], t.labels)
 
     def teacher_eval(
@@ -307,6 +330,7 @@ class DemoSplit:
                     "arch": t.arch,
                     "arch_kwargs": dict(t.arch_kwargs),
                     "train_indices": list(t.train_indices),
+                    **({"holdout_indices": list(t.holdout_indices)} if t.holdout_indices else {}),
                 }
                 for t in self.teachers
             ],
@@ -335,6 +359,7 @@ class DemoSplit:
                     arch=str(t["arch"]),
                     arch_kwargs=dict(t["arch_kwargs"]),
                     train_indices=tuple(int(v) for v in t["train_indices"]),
+                    holdout_indices=tuple(int(v) for v in t.get("holdout_indices", ())),
                 )
                 for t in d["teachers"]
             )
@@ -396,6 +421,12 @@ class DemoSplit:
             raise ValueError("split: the validation set repeats images")
         if val & seen or val & set(self.transfer_indices):
             raise ValueError("split: the validation set shares images with a teacher or the transfer set")
+        taken = seen | val | set(self.transfer_indices)
+        for i, t in enumerate(self.teachers):
+            held = set(t.holdout_indices)
+            if len(held) != len(t.holdout_indices) or held & taken:
+                raise ValueError(f"split: teacher {i}'s held-out slice repeats or shares images")
+            taken |= held
 
 
 def labels_fingerprint(labels_train: np.ndarray, labels_test: np.ndarray) -> dict[str, Any]:
@@ -436,6 +467,38 @@ def _teacher_classes(rng: np.random.Generator, union: np.ndarray, cfg: DemoConfi
         rest = np.setdiff1d(union, assigned[i])
         extra = rng.choice(rest, size=sizes[i] - len(assigned[i]), replace=False)
         out.append(np.sort(np.concatenate([np.asarray(assigned[i], dtype=np.int64), extra.astype(np.int64)])))
+    return out
+
+
+def _draw_holdouts(
+    free: np.ndarray,
+    labels_train: np.ndarray,
+    union: np.ndarray,
+    teacher_labels: Sequence[np.ndarray],
+    cfg: DemoConfig,
+) -> list[np.ndarray]:
+    """Each teacher's held-out slice: ``holdout_per_class`` images per class of its classes from
+    ``free`` (images nobody else uses), none shared between teachers. Its own stream, seeded
+    [seed, 7], so that the slices are the ones `benchmarks/reproduce_uhc.py` drew before they were
+    part of the split."""
+    per = cfg.holdout_per_class
+    if per == 0:
+        return [np.zeros(0, dtype=np.int64) for _ in teacher_labels]
+    rng = np.random.default_rng([int(cfg.seed), 7])
+    pools = {int(c): rng.permutation(free[labels_train[free] == c]) for c in union}
+    taken = dict.fromkeys(pools, 0)
+    out = []
+    for labs in teacher_labels:
+        parts = []
+        for c in labs.tolist():
+            if taken[c] + per > len(pools[c]):
+                raise ValueError(
+                    f"holdout_per_class={per}: class {c} has only {len(pools[c])} images left after the "
+                    "teachers, the transfer and the validation set: lower it or transfer_size"
+                )
+            parts.append(pools[c][taken[c] : taken[c] + per])
+            taken[c] += per
+        out.append(np.sort(np.concatenate(parts)).astype(np.int64))
     return out
 
 
@@ -507,9 +570,10 @@ def make_split(
             )
         return np.sort(r_val.choice(cands, size=cfg.val_size, replace=False))
 
-    if cfg.transfer_size is None:  # the transfer set takes every unused image but the validation set
+    if cfg.transfer_size is None:  # the transfer set takes every unused image but the held-out ones
         val = draw_val(free)
-        transfer = np.setdiff1d(free, val)
+        holdouts = _draw_holdouts(np.setdiff1d(free, val), labels_train, union, teacher_labels, cfg)
+        transfer = np.setdiff1d(free, np.concatenate([val, *holdouts]))
     else:  # the transfer set is drawn as before the validation set existed, which takes from the rest
         size = cfg.transfer_size
         if size > len(free):
@@ -519,6 +583,9 @@ def make_split(
             )
         transfer = np.sort(r_transfer.choice(free, size=size, replace=False))
         val = draw_val(np.setdiff1d(free, transfer))
+        holdouts = _draw_holdouts(
+            np.setdiff1d(free, np.concatenate([transfer, val])), labels_train, union, teacher_labels, cfg
+        )
     eval_indices = np.flatnonzero(np.isin(labels_test, union))
 
     split = DemoSplit(
@@ -533,8 +600,9 @@ def make_split(
                 arch=arch,
                 arch_kwargs=kwargs,
                 train_indices=tuple(idx.tolist()),
+                holdout_indices=tuple(held.tolist()),
             )
-            for labs, (arch, kwargs), idx in zip(teacher_labels, archs, train_indices)
+            for labs, (arch, kwargs), idx, held in zip(teacher_labels, archs, train_indices, holdouts)
         ),
         transfer_indices=tuple(transfer.tolist()),
         eval_indices=tuple(eval_indices.tolist()),

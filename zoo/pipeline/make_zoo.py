@@ -6,10 +6,12 @@
 Steps: load the data set, draw the split (`zoo.demo.make_split`), open an MLflow run in the
 experiment named after the zoo (tags ``zoo=<name>``, ``kind=split``) and log ``split.json`` there,
 train each teacher as a Ray task (one CPU each, one torch thread, a GPU share when the cluster has
-GPUs), register each as ``<zoo>-t<i>`` (tags ``zoo``, ``role=teacher``, ``split_run``) and end the
-run FINISHED. A rebuild of the same zoo makes new versions of every teacher and a new split run;
-``load_split`` reads the latest FINISHED one, so a crashed build is never taken for a zoo. The data a
-split indexes (`load_dataset`, `dataset_for_split`, `transfer_arrays`) is `zoo.pipeline.datasets`'.
+GPUs), calibrate it as its owner would (`fit_calibration` on its held-out slice of the split, kept in
+the spec's ``metadata["calibration"]``), register each as ``<zoo>-t<i>`` (tags ``zoo``,
+``role=teacher``, ``split_run``) and end the run FINISHED. A rebuild of the same zoo makes new
+versions of every teacher and a new split run; ``load_split`` reads the latest FINISHED one, so a
+crashed build is never taken for a zoo. The data a split indexes (`load_dataset`,
+`dataset_for_split`, `transfer_arrays`) is `zoo.pipeline.datasets`'.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from zoo.demo import DemoConfig, DemoSplit, make_split, save_split, with_zoo
 from zoo.pipeline.datasets import Dataset, input_spec_for, load_dataset
 from zoo.pipeline.session import init_ray
 from zoo.registry import ModelNotFound, Registry, default_tracking_uri, experiment_id, validate_name
-from zoo.train import evaluate, fit_classifier, pick_device
+from zoo.train import evaluate, fit_classifier, pick_device, predict_logits
+from zoo.unify.calibration import CALIBRATION_KEY, TeacherCalibration, fit_calibration
 
 __all__ = [
     "DEMO_ZOO",
@@ -47,6 +50,7 @@ __all__ = [
     "format_table",
     "latest_teachers",
     "load_split",
+    "owner_calibration",
     "teacher_name",
     "train_teacher",
 ]
@@ -75,6 +79,17 @@ def teacher_name(zoo: str, i: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------- teachers
+def owner_calibration(
+    model: torch.nn.Module, spec: ModelSpec, images: np.ndarray, labels: np.ndarray
+) -> TeacherCalibration:
+    """What a teacher's owner ships: `fit_calibration` (temperature with prior_count 1, confidence
+    quantiles) of the model's logits on its own labelled held-out images (labels: indices into its
+    classes)."""
+    with torch.inference_mode():
+        logits = predict_logits(model, preprocess(images, spec.input))
+    return fit_calibration(logits, torch.as_tensor(np.array(labels, dtype=np.int64)), prior_count=1.0)
+
+
 def train_teacher(
     arch: str,
     arch_kwargs: Mapping[str, Any],
@@ -92,10 +107,13 @@ def train_teacher(
     augment: bool,
     seed: int,
     threads: int | None = 1,
+    holdout_images: np.ndarray | None = None,
+    holdout_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train one teacher from scratch on its own data and measure its accuracy on the test images of
     its own classes. Pure PyTorch (runs inside a Ray task or anywhere); returns the weights (CPU
-    tensors), the accuracy, the seconds it took and the device."""
+    tensors), the accuracy, the seconds it took, the device, and the owner's calibration (a dict,
+    `owner_calibration` on ``holdout_images``/``holdout_labels``; None without them)."""
     start = time.perf_counter()
     if threads is not None:
         # Several teachers share the machine: one thread each beats oversubscribed thread pools.
@@ -122,10 +140,14 @@ def train_teacher(
     accuracy = evaluate(
         model, preprocess(eval_images, spec.input), torch.tensor(eval_labels)
     )  # a copy: Ray hands tasks read-only arrays
+    calibration = None
+    if holdout_images is not None and len(holdout_images):
+        calibration = owner_calibration(model, spec, holdout_images, holdout_labels).to_dict()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "state": state,
         "accuracy": accuracy,
+        "calibration": calibration,
         "seconds": time.perf_counter() - start,
         "device": str(device),
     }
@@ -278,10 +300,11 @@ def _train_and_register(
     for i, t in enumerate(split.teachers):
         x, y = split.teacher_data(i, ds.images_train, ds.labels_train)
         xe, ye = split.teacher_eval(i, ds.images_test, ds.labels_test)
+        xh, yh = split.teacher_holdout(i, ds.images_train, ds.labels_train)
         kwargs = dict(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
         ref = remote.remote(
             t.arch, dict(t.arch_kwargs), list(t.classes), specs[i].input.to_dict(), x, y, xe, ye,
-            augment=cfg.augment, seed=cfg.seed * 1000 + i, **kwargs,
+            augment=cfg.augment, seed=cfg.seed * 1000 + i, holdout_images=xh, holdout_labels=yh, **kwargs,
         )  # fmt: skip
         refs[ref] = i
     pending = list(refs)
@@ -339,6 +362,7 @@ def _register_teacher(
         "split_run": run_id,
         "dataset": ds.name,
         "train_images": len(t.train_indices),
+        **({CALIBRATION_KEY: out["calibration"]} if out.get("calibration") else {}),
     }
     with tempfile.TemporaryDirectory(prefix="zoo-teacher-") as tmp:
         model_dir = save_model(model, replace(spec, metadata=metadata), Path(tmp) / tname)
@@ -356,6 +380,7 @@ def _register_teacher(
         "classes": ", ".join(t.classes),
         "images": len(t.train_indices),
         "accuracy": out["accuracy"],
+        "temperature": (out.get("calibration") or {}).get("temperature"),
         "seconds": out["seconds"],
         "device": out["device"],
     }
@@ -386,8 +411,9 @@ def _no_bar(progress: bool | None) -> bool:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The table of teachers: name, arch, classes, images, accuracy (own classes), seconds."""
-    head = ("name", "ver", "arch", "classes", "images", "accuracy", "seconds")
+    """The table of teachers: name, arch, classes, images, accuracy (own classes), the owner's
+    calibrated temperature (blank without one), seconds."""
+    head = ("name", "ver", "arch", "classes", "images", "accuracy", "temp", "seconds")
     body = [
         (
             f"{r['name']}",
@@ -396,6 +422,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             r["classes"],
             str(r["images"]),
             f"{r['accuracy']:.4f}",
+            "" if r.get("temperature") is None else f"{r['temperature']:.3f}",
             f"{r['seconds']:.1f}",
         )
         for r in rows
@@ -458,6 +485,7 @@ def ensure_demo_zoo(
                     "classes": ", ".join(t.classes),
                     "images": len(t.train_indices),
                     "accuracy": float(r.spec.metadata.get("metrics", {}).get("accuracy", float("nan"))),
+                    "temperature": (r.spec.metadata.get(CALIBRATION_KEY) or {}).get("temperature"),
                     "seconds": float("nan"),
                 }
                 for r, t in zip(records, split.teachers)

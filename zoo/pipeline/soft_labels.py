@@ -2,6 +2,9 @@
 BS; mode BP trains the student on the logits directly and needs none. And the reader that hands the
 student its targets, from either file.
 
+With the propagation lever the stage also reads the teachers' penultimate features
+(`features.parquet`, written by the inference stage with ``features=True``).
+
 `soft_labels.parquet`: `id: string`, `q: fixed_size_list<float32>[L]`, optionally `sample_weight:
 float32` (lever sample_weighting); schema metadata `zoo.recipe` (the Recipe, JSON), `zoo.method`,
 `zoo.mode`, `zoo.temperature`, `zoo.weights` (BS: w_l = 1 / mean_b q_b(l), Sec. 3.5.2; JSON [L]),
@@ -21,7 +24,7 @@ from tqdm.auto import tqdm
 
 from zoo.pipeline import JobError
 from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult
-from zoo.pipeline.inference import read_logits
+from zoo.pipeline.inference import read_features, read_logits
 from zoo.pipeline.storage import (
     PathLike,
     parquet_metadata,
@@ -35,7 +38,7 @@ from zoo.unify.recipe import Recipe, Targets, build_targets
 
 __all__ = ["VERSION", "SoftLabels", "TargetError", "load_targets", "read_soft_labels", "soft_labels_stage"]
 
-VERSION = 2  # 2: the recipe in the fingerprint and the metadata
+VERSION = 3  # 2: the recipe in the fingerprint and the metadata; 3: the levers on q (issue 18)
 CHUNK = 8192
 
 
@@ -62,19 +65,22 @@ def write_soft_labels(
     out_path: PathLike,
     recipe: Recipe,
     *,
+    features_path: PathLike | None = None,
     fingerprint: str | None = None,
     chunk_size: int = CHUNK,
 ) -> PathLike:
     """q of ``recipe`` over `logits.parquet` (`zoo.unify.recipe.build_targets`, ``chunk_size``
-    samples at a time: every method is per-sample, so chunking changes nothing), with BS's class
-    weights in the metadata and the lever's per-sample weights as a column; written atomically to
-    ``out_path`` (a path or a URI)."""
+    samples at a time: every method is per-sample, so chunking changes nothing; the propagation
+    lever then takes the teachers' features from ``features_path``), with BS's class weights in the
+    metadata and the lever's per-sample weights as a column; written atomically to ``out_path`` (a
+    path or a URI)."""
     if recipe.mode == "bp":
         raise ValueError("mode 'bp' backpropagates the loss on the logits directly: it has no soft labels")
     lf = read_logits(logits_path)
+    feats = _teacher_features(features_path, lf.ids) if recipe.propagation is not None else None
     desc = f"soft labels {recipe.name}"
     bar = lambda starts: tqdm(starts, desc=desc, unit="chunk", leave=False, disable=None)  # noqa: E731
-    t = build_targets(lf.logits, lf.mask, recipe, chunk_size=chunk_size, progress=bar)
+    t = build_targets(lf.logits, lf.mask, recipe, features=feats, chunk_size=chunk_size, progress=bar)
     meta = {
         "zoo.recipe": json.dumps(recipe.to_dict()),
         "zoo.method": recipe.method,
@@ -93,16 +99,34 @@ def write_soft_labels(
     return write_parquet_atomic(pa.table(columns), out_path, meta, row_group_size=65536)
 
 
-def soft_labels_stage(run: RunDir, logits: StageResult, recipe: Recipe) -> StageResult:
+def _teacher_features(path: PathLike | None, ids: Sequence[str]) -> list[torch.Tensor]:
+    """The teachers' features [B, D_i] in the logits' row order (TargetError when they do not fit)."""
+    if path is None:
+        raise TargetError("the propagation lever needs the teachers' features: run inference with features")
+    ff = read_features(path)
+    if ff.ids != list(ids):
+        raise TargetError(f"{path} is not of the transfer set of the logits: rerun teacher inference")
+    if not ff.features:
+        raise TargetError(
+            f"no teacher could give features ({ff.missing}): turn propagation off (--no-propagate)"
+        )
+    return list(ff.features.values())
+
+
+def soft_labels_stage(
+    run: RunDir, logits: StageResult, recipe: Recipe, features: PathLike | None = None
+) -> StageResult:
     """Stage: `<run>/soft_labels.parquet`, redone when the logits or the recipe's soft-label fields
-    (method, temperature, teacher temperatures, sample weighting; the mode only as E vs BS) change."""
+    (method, temperatures, levers on q, sample weighting; the mode only as E vs BS) change.
+    ``features``: the inference stage's features.parquet (same fingerprint as the logits), read when
+    the recipe propagates q."""
     inputs = [logits.fingerprint, {k: v for k, v in recipe.to_dict().items() if k not in ("augment",)}]
     return run.stage(
         "soft_labels",
         run.soft_labels,
         VERSION,
         inputs,
-        lambda path, fp: write_soft_labels(logits.path, path, recipe, fingerprint=fp),
+        lambda path, fp: write_soft_labels(logits.path, path, recipe, features_path=features, fingerprint=fp),
     )
 
 

@@ -54,7 +54,7 @@ from zoo.artifacts import ModelSpec, build_net, preprocess
 from zoo.config import coerce
 from zoo.pipeline.cache import fingerprint, read_fingerprint
 from zoo.pipeline.datasets import LabelledSet
-from zoo.pipeline.inference import read_logits
+from zoo.pipeline.inference import read_features, read_logits
 from zoo.pipeline.soft_labels import load_targets
 from zoo.pipeline.storage import (
     atomic_path,
@@ -70,7 +70,7 @@ from zoo.proxy import PROXIES, proxy_scores, spearman
 from zoo.registry import experiment_id
 from zoo.train import Schedule, evaluate, fit, pick_device, predict_logits
 from zoo.unify import METHODS, MODES
-from zoo.unify.recipe import Recipe, Targets, build_targets, make_loss
+from zoo.unify.recipe import Q_LEVERS_OFF, Recipe, Targets, build_targets, make_loss
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend: no display here)
@@ -193,11 +193,11 @@ def grid(cfg: SweepConfig) -> list[dict[str, Any]]:
 def trial_config(point: Mapping[str, Any], recipe: Recipe, schedule: Schedule) -> tuple[Recipe, Schedule]:
     """A grid point as the trial's recipe (the job's levers, the point's method, mode and T) and
     schedule (the job's, with the point's lr); a sweep pairs lever sets with every mode, and BP has no
-    per-sample soft-label term to weigh, so sample weighting is off for BP."""
-    weighting = "none" if point["mode"] == "bp" else recipe.sample_weighting
+    soft labels q, so sample weighting and the levers on q are off for BP."""
+    bp = point["mode"] == "bp"
     trial = recipe.replace(
         method=point["method"], mode=point["mode"], temperature=float(point["temperature"]),
-        sample_weighting=weighting,
+        sample_weighting="none" if bp else recipe.sample_weighting, **(Q_LEVERS_OFF if bp else {}),
     )  # fmt: skip
     return trial, replace(schedule, lr=float(point["lr"]))
 
@@ -217,6 +217,7 @@ class SweepData:
     classes: list[str]
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None  # int64 indices into classes
+    train_features: list[torch.Tensor] | None = None  # per teacher [B, D_i]: lever propagation only
 
     @property
     def has_labels(self) -> bool:
@@ -229,11 +230,13 @@ def prepare_data(
     spec: ModelSpec,
     cfg: SweepConfig,
     val_set: LabelledSet | None = None,
+    features_path: str | Path | None = None,
 ) -> SweepData:
     """Read transfer.parquet and logits.parquet of a run once, take a seeded subset of
     ``cfg.transfer_limit`` images, hold ``cfg.proxy_holdout`` of them out, and preprocess the images
     (and ``val_set``, the labelled validation set, subset to ``cfg.eval_limit``) to the student's
-    input. Paths may be URIs."""
+    input; with ``features_path`` (features.parquet, for the propagation lever) the teachers' features
+    of the same training images too. Paths may be URIs."""
     lf = read_logits(logits_path)
     classes = list(lf.label_space.classes)
     ids, images = load_transfer_images(transfer_path, spec.input)
@@ -255,6 +258,12 @@ def prepare_data(
         if cfg.eval_limit and len(val_set) > cfg.eval_limit:
             val_set = val_set.take(np.sort(rng.permutation(len(val_set))[: cfg.eval_limit]))
         val_images, val_labels = preprocess(val_set.images, spec.input), torch.from_numpy(val_set.labels)
+    feats = None
+    if features_path is not None:
+        ff = read_features(features_path)
+        if ff.ids != list(ids) or not ff.features:
+            raise ValueError(f"{features_path} does not hold teacher features of this transfer set")
+        feats = [f[train_idx].contiguous() for f in ff.features.values()]
     return SweepData(
         train_images=images[train_idx].contiguous(),
         train_logits=z[train_idx].contiguous(),
@@ -264,6 +273,7 @@ def prepare_data(
         classes=classes,
         val_images=val_images,
         val_labels=val_labels,
+        train_features=feats,
     )
 
 
@@ -289,7 +299,9 @@ def train_trial(
     student_logits, history = None, []
     for r in range(recipe.self_train_rounds + 1):
         if targets is None or r > 0:
-            targets = build_targets(data.train_logits, data.mask, recipe, student_logits)
+            targets = build_targets(
+                data.train_logits, data.mask, recipe, student_logits, features=data.train_features
+            )
         torch.manual_seed(schedule.seed)
         model = build_net(spec).to(dev)
         last = r == recipe.self_train_rounds
@@ -524,6 +536,13 @@ def run_sweep(
         net, schedule, recipe, val_fp,
     )  # fmt: skip
     inputs = {"transfer": transfer_path, "logits": logits_path, "sweep_dir": sweep_dir, "fp": fp}
+    if recipe.propagation is not None:  # the lever needs the teachers' features (same inference stage)
+        inputs["features"] = join(run_dir, "features.parquet")
+        if not path_exists(inputs["features"]):
+            raise FileNotFoundError(
+                f"{inputs['features']} is missing: the recipe propagates q over the teachers' features; "
+                "run the main job with propagation on first (python jobs/unify.py --propagate --run-dir ...)"
+            )
 
     if not force and read_fingerprint(results_path) == fp:
         prior = SweepResult.from_dict(json.loads(read_text(results_path)), results_path, skipped=True)
@@ -536,7 +555,7 @@ def _sweep(
     cfg, inputs, spec, schedule, recipe, val_set, tracking_uri, experiment, parent_run_id, log
 ) -> SweepResult:
     t_start = time.perf_counter()
-    data = prepare_data(inputs["transfer"], inputs["logits"], spec, cfg, val_set)
+    data = prepare_data(inputs["transfer"], inputs["logits"], spec, cfg, val_set, inputs.get("features"))
     score_key = _score_key(cfg, data.has_labels)
     points = grid(cfg)
     gpus = float(ray.cluster_resources().get("GPU", 0))

@@ -59,6 +59,7 @@ from zoo.pipeline.unify_multilabel import (
     teachers_task,
 )
 from zoo.train import Schedule
+from zoo.unify.calibration import calibration_from_metadata
 from zoo.unify.recipe import Recipe
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "UnifyInputs",
     "check_inputs",
     "common_input",
+    "owner_temperatures",
     "register_stage",
     "run_unify",
     "student_stage",
@@ -114,6 +116,7 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         )
         stages["inference"] = inference_stage(
             s.run, stages["transfer"], inp.teachers, inp.space, start_ray=s.start_ray,
+            features=inp.recipe.propagation is not None,
             batch_size=cfg.inference_batch_size, use_gpu=cfg.use_gpu,
             concurrency=cfg.inference_concurrency, num_threads=cfg.inference_threads,
         )  # fmt: skip
@@ -123,7 +126,8 @@ def run_unify(cfg: UnifyConfig, log: Callable[[str], None] = print) -> JobResult
         schedule = _budget(schedule, stages["transfer"], cfg.min_steps, s.log)
         targets = stages["inference"]
         if recipe.mode != "bp":
-            targets = stages["soft_labels"] = soft_labels_stage(s.run, stages["inference"], recipe)
+            feats = s.run.features if recipe.propagation is not None else None
+            targets = stages["soft_labels"] = soft_labels_stage(s.run, stages["inference"], recipe, feats)
         stages["student"] = student_stage(cfg, s, inp, recipe, schedule, stages["transfer"], targets)
         res = JobResult(
             name=cfg.name,
@@ -213,7 +217,7 @@ def check_inputs(cfg: UnifyConfig, s: Session) -> UnifyInputs | MultilabelUnifyI
         eval_set=eval_set,
         val_set=val_set,
         spec=cfg.student_spec(space.classes, spec_in),
-        recipe=cfg.recipe([t.name for t in teachers]),
+        recipe=cfg.recipe([t.name for t in teachers], owner_temperatures(teachers, cfg, s.log)),
         schedule=cfg.schedule(),
     )
 
@@ -281,6 +285,34 @@ def _val_set(
     return val
 
 
+def owner_temperatures(
+    teachers: Sequence[Teacher | tuple[str, ModelSpec]], cfg: UnifyConfig, log: Callable[[str], None]
+) -> dict[str, float]:
+    """Lever owner_calibration: each teacher's temperature from its owner's calibration (the spec's
+    ``metadata["calibration"]``, `zoo.unify.calibration`), by name; empty when the lever is off. A
+    teacher without one (a spec made before calibrations existed) keeps temperature 1, said in the log."""
+    if not cfg.owner_calibration:
+        return {}
+    temps, missing = {}, []
+    for t in teachers:
+        name, spec = (t.name, t.spec) if isinstance(t, Teacher) else t
+        try:
+            cal = calibration_from_metadata(None if spec is None else spec.metadata)
+        except ValueError as e:
+            raise JobError(f"teacher {name}: {e}; re-register it with a valid --calibration FILE") from None
+        if cal is None:
+            missing.append(name)
+        else:
+            temps[name] = cal.temperature
+    if missing:
+        log(
+            f"[calibration] {', '.join(missing)}: no owner's calibration in the spec, temperature 1 "
+            "(a zoo built before calibrations existed: rebuild it, or `zoo register --calibration`)"
+        )
+    log(f"[calibration] owners' temperatures: {json.dumps({k: round(v, 3) for k, v in temps.items()})}")
+    return temps
+
+
 def common_input(specs: Sequence[InputSpec], log: Callable[[str], None]) -> InputSpec:
     """The student's input contract from the teachers': theirs when they all share one, else the most
     common (ties: the largest images), said in the log."""
@@ -338,7 +370,8 @@ def sweep_inputs(
         if val_set is not None
         else "[sweep] no labelled validation set (--val DIR): ranking by the label-free proxy"
     )
-    return cfg.student_spec(space.classes, spec_in), cfg.recipe(list(space.teachers)), val_set
+    owners = owner_temperatures([(t["name"], x) for t, x in zip(lf.teachers, specs)], cfg, s.log)
+    return cfg.student_spec(space.classes, spec_in), cfg.recipe(list(space.teachers), owners), val_set
 
 
 def student_stage(

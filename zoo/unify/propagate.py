@@ -21,15 +21,57 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["join_features", "knn_graph", "label_spreading", "propagate_soft_labels"]
+__all__ = ["Propagation", "join_features", "knn_graph", "label_spreading", "propagate_soft_labels"]
 
 # Blocks of queries are sized so that one [b, n] similarity block holds about this many floats (64 MiB).
 _BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """The lever's settings, as a Recipe carries them (``Recipe.propagation``; None: off): ``k``
+    neighbours, ``alpha`` in [0, 1) (how far labels travel), ``dim`` principal components of the
+    joined teacher features (None: all), ``gamma`` the similarity exponent. Validated when made."""
+
+    k: int = 10
+    alpha: float = 0.8
+    dim: int | None = 64
+    gamma: float = 3.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"propagation k must be an int >= 1 (neighbours per image); got {self.k!r}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a < 1:
+            raise ValueError(f"propagation alpha must be a number in [0, 1); got {a!r}")
+        d = self.dim
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(f"propagation dim must be a positive int or null (all features); got {d!r}")
+        g = self.gamma
+        if isinstance(g, bool) or not isinstance(g, int | float) or not 0 < g < math.inf:
+            raise ValueError(f"propagation gamma must be a finite number > 0; got {g!r}")
+        object.__setattr__(self, "alpha", float(a))
+        object.__setattr__(self, "gamma", float(g))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Propagation:
+        """From a config mapping ({k, alpha, dim, gamma}, any subset); ValueError naming an unknown key."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"propagation must be a mapping {{k, alpha, dim, gamma}} or null; got {d!r}")
+        unknown = sorted(set(d) - {"k", "alpha", "dim", "gamma"})
+        if unknown:
+            raise ValueError(f"propagation has unknown key(s) {unknown}; allowed: k, alpha, dim, gamma")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _check_features(features: Tensor, name: str = "features") -> Tensor:
@@ -66,7 +108,12 @@ def join_features(features: Sequence[Tensor], dim: int | None = None) -> Tensor:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int or None; got {dim!r}")
         if dim < x.shape[1]:
-            _, _, v = torch.pca_lowrank(x, q=dim, center=False, niter=4)
+            # pca_lowrank starts from a random projection: seeded here, so that the same features give
+            # the same q whatever ran before in the process (the stage's output is a function of its inputs).
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                _, _, v = torch.pca_lowrank(x, q=dim, center=False, niter=4)
             x = x @ v[:, :dim]
     return x
 
