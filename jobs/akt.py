@@ -27,7 +27,7 @@ from zoo.pipeline.console import quiet_console  # noqa: E402
 
 quiet_console()  # before Ray and MLflow are imported: some of their settings are read at import
 
-from zoo.config import load_akt_config  # noqa: E402
+from zoo.config import add_run_flags, load_akt_config  # noqa: E402
 from zoo.pipeline import JobError  # noqa: E402
 from zoo.pipeline.akt import AKTDiverged, run_akt  # noqa: E402
 
@@ -57,13 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--source-limit", type=int, help="use only the first N source images")
     add("--image-column", help="the source Parquet's column of encoded images (default image/img/bytes)")
     add("--zoo", help="also tag the classifier zoo=NAME (jobs/unify.py --zoo NAME then takes it)")
-    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
-    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
-    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
-    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
-    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
-    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
-    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
+    add_run_flags(p)
     return p
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "DistillConfig",
     "DistillMultilabelConfig",
     "UnifyConfig",
+    "add_run_flags",
     "build_distill_parser",
     "build_multilabel_parser",
     "build_parser",
@@ -53,8 +54,26 @@ class ConfigError(JobError):
     """A config file or flag is invalid; the message names the key and the fix."""
 
 
+class _JobConfig:
+    """What every job's config shares: its run directory and its plain-dict form (MLflow params)."""
+
+    name: str
+    run_dir: str | None
+
+    @property
+    def run_path(self) -> Path | str:
+        """The run directory: a local path, or a URI (`s3://...`, `file://...`) kept as a string;
+        default runs/<name>."""
+        if self.run_dir and "://" in self.run_dir:
+            return self.run_dir
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class UnifyConfig:
+class UnifyConfig(_JobConfig):
     """Everything the main job needs. Teachers: all models of `zoo` (models tagged zoo=<name>), or
     the names in `teachers` (`name`, `name:3` for a version, `name@alias`), or the models matching
     every `tags` k=v. Transfer set: `transfer` (directory of images or Parquet), else the demo split's.
@@ -206,16 +225,6 @@ class UnifyConfig:
         except ValueError as e:  # ArtifactError: unknown arch, bad kwargs or input
             raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
         return spec
-
-    @property
-    def run_path(self) -> Path | str:
-        """The run directory: a local path, or a URI (`s3://...`, `file://...`) kept as a string."""
-        if self.run_dir and "://" in self.run_dir:
-            return self.run_dir
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _type_name(tp: Any) -> str:
@@ -428,7 +437,7 @@ NO_TEACHER = "none"
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(_JobConfig):
     """Everything `jobs/distill.py` needs (cross-task distillation, paper 002 Sec. 4; docs/crosstask.md).
 
     `teacher`: a zoo model (`name`, `name:3`, `name@alias`), or "none" for the baseline student without a
@@ -532,15 +541,17 @@ class DistillConfig:
             raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
         return spec
 
-    @property
-    def run_path(self) -> Path | str:
-        """The run directory: a local path, or a URI kept as a string."""
-        if self.run_dir and "://" in self.run_dir:
-            return self.run_dir
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every training job shares: workers and devices, the run directory, the store, Ray."""
+    add = p.add_argument
+    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
+    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
+    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
+    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
+    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
+    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
+    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
 
 
 def build_distill_parser() -> argparse.ArgumentParser:
@@ -570,13 +581,7 @@ def build_distill_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help="student learning rate")
     add("--batch-size", type=int, help="student batch size")
     add("--seed", type=int, help="seed of the student")
-    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
-    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
-    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
-    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
-    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
-    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
-    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
+    add_run_flags(p)
     return p
 
 
@@ -595,7 +600,7 @@ def distill_config_from_args(argv: Sequence[str] | None = None) -> DistillConfig
 
 # ------------------------------------------------------------------------------- the AKT job (paper 003)
 @dataclass
-class AKTJobConfig:
+class AKTJobConfig(_JobConfig):
     """Everything `jobs/akt.py` needs (docs/akt.md, "The job"): a labelled target ImageFolder, an
     unlabelled source (a directory of images or Parquet, `zoo.pipeline.transfer`), the method and its
     options (`zoo.akt.AKTConfig`: defaults are the paper's, but the warm-up), the network, the schedule.
@@ -693,15 +698,6 @@ class AKTJobConfig:
             raise ConfigError(f"classifier: {e}; fix --arch / arch_kwargs") from None
         return spec
 
-    @property
-    def run_path(self) -> Path | str:
-        if self.run_dir and "://" in self.run_dir:
-            return self.run_dir
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def load_akt_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
@@ -712,7 +708,7 @@ def load_akt_config(
 
 # ------------------------------------------------------------------ the multi-label distillation job
 @dataclass
-class DistillMultilabelConfig:
+class DistillMultilabelConfig(_JobConfig):
     """The multi-label distillation job (`jobs/distill_multilabel.py`, docs/multilabel.md "The
     distillation job"): a student over the labels of the multi-label ``teacher`` (`name`, `name:3`,
     `name@alias`), trained on ``data``'s training split with the labels and the teacher's logits, evaluated
@@ -795,15 +791,6 @@ class DistillMultilabelConfig:
             raise ConfigError(f"student: {e}; fix --arch / arch_kwargs / student_input") from None
         return spec
 
-    @property
-    def run_path(self) -> Path | str:
-        if self.run_dir and "://" in self.run_dir:
-            return self.run_dir
-        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def build_multilabel_parser() -> argparse.ArgumentParser:
     """The multi-label distillation job's command line; flags default to None (the file decides)."""
@@ -831,13 +818,7 @@ def build_multilabel_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, help="student batch size")
     add("--optimizer", help="adam (default) or sgd")
     add("--seed", type=int, help="seed of the student")
-    add("--num-workers", type=int, help="Ray Train workers (default: from the cluster)")
-    add("--gpu", dest="use_gpu", action="store_const", const=True, help="require GPUs")
-    add("--cpu", dest="use_gpu", action="store_const", const=False, help="never use GPUs")
-    add("--run-dir", help="run directory: a path or a URI (default runs/<name>)")
-    add("--force", action="store_const", const=True, help="rerun every stage even when up to date")
-    add("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite zoo.db)")
-    add("--ray-address", help="Ray cluster address (default: the job's cluster, else a local one)")
+    add_run_flags(p)
     return p
 
 

@@ -52,7 +52,7 @@ from zoo.pipeline.datasets import LabelledSet, read_labelled_folder
 from zoo.pipeline.evaluation import evaluate_model
 from zoo.pipeline.inference import inference_stage, read_features, read_logits
 from zoo.pipeline.make_zoo import DEMO_ZOO, ensure_demo_zoo
-from zoo.pipeline.registration import register_student, registered_version
+from zoo.pipeline.registration import registration_stage
 from zoo.pipeline.session import Session
 from zoo.pipeline.storage import join, local_copy, read_parquet, read_text, write_json_atomic
 from zoo.pipeline.teachers import Teacher, TeacherError, label_space, parse_teacher, resolve_teachers
@@ -80,7 +80,6 @@ __all__ = [
 
 STUDENT_VERSION = 1
 COST_VERSION = 1
-REGISTER_VERSION = 1
 LABEL_COLUMNS = ("label", "labels", "class")
 METHOD_TEXT = {
     "crosstask": "Eq. 11 (cross-entropy + Sinkhorn distance to the teacher, paper 002)",
@@ -531,35 +530,9 @@ def register_stage(cfg: DistillConfig, s: Session, inp: DistillInputs, res: Dist
     student = res.stages["student"]
     lineage = res.lineage()
 
-    def register(path: Any, fp: str) -> dict[str, Any]:
-        record = registered_version(s.registry, cfg.name, student.fingerprint)
-        if record is not None:
-            s.log(f"[register] {cfg.name} v{record.version} already holds this student: nothing registered")
-            champion = "champion" in record.aliases
-        else:
-            with local_copy(student.path) as d:
-                record, champion = register_student(
-                    s.registry,
-                    cfg.name,
-                    d,
-                    lineage=lineage,
-                    metric="eval_accuracy",
-                    eval_fingerprint=inp.eval_set.fingerprint(),
-                )
-        reg = {
-            "name": record.name,
-            "version": record.version,
-            "champion": champion,
-            "uri": f"models:/{record.name}/{record.version}",
-            "decision": record.tags.get("champion_decision", ""),
-        }
-        write_json_atomic({"fingerprint": fp, **reg}, path)
-        return reg
-
-    inputs = [student.fingerprint, cfg.name, s.tracking_uri]
-    out = s.run.stage("register", s.run.registration, REGISTER_VERSION, inputs, register)
-    recorded = json.loads(read_text(out.path))
-    return replace(out, value={k: v for k, v in recorded.items() if k != "fingerprint"})
+    return registration_stage(
+        s, cfg.name, student, lineage, metric="eval_accuracy", eval_fingerprint=inp.eval_set.fingerprint()
+    )
 
 
 # ------------------------------------------------------------------------------------------ report

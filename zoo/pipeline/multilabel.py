@@ -44,7 +44,7 @@ from zoo.multilabel.loss_fn import DistillRecipe, distill_loss_fn
 from zoo.pipeline import JobError
 from zoo.pipeline.cache import FINGERPRINT_KEY, RunDir, StageResult, fingerprint
 from zoo.pipeline.inference import inference_stage, read_logits
-from zoo.pipeline.registration import register_student, registered_version
+from zoo.pipeline.registration import registration_stage
 from zoo.pipeline.report import JobResult, publish
 from zoo.pipeline.session import Session
 from zoo.pipeline.storage import (
@@ -53,10 +53,8 @@ from zoo.pipeline.storage import (
     join,
     local_copy,
     read_parquet,
-    read_text,
     read_vectors,
     vector_column,
-    write_json_atomic,
     write_parquet_atomic,
 )
 from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
@@ -80,7 +78,6 @@ __all__ = [
 
 LABELS_VERSION = 1
 STUDENT_VERSION = 1
-REGISTER_VERSION = 1
 METRIC = "mAP"  # what registration ranks multi-label students by
 SHOWN = ("mAP", "CF1", "OF1")  # paper 004's three metrics, in the summary table
 
@@ -432,31 +429,6 @@ def register_multilabel(
     one, else the test set. A rerun that changes nothing registers nothing (`registration.json`)."""
     eval_fp = labelled_fingerprint(chosen_on)
 
-    def register(path: Any, fp: str) -> dict[str, Any]:
-        record = registered_version(s.registry, name, student.fingerprint)
-        if record is not None:
-            s.log(f"[register] {name} v{record.version} already holds this student: nothing registered")
-            champion = "champion" in record.aliases
-        else:
-            with local_copy(student.path) as d:
-                record, champion = register_student(
-                    s.registry, name, d, lineage={**lineage, "student_fingerprint": student.fingerprint},
-                    metric=metric, eval_fingerprint=eval_fp,
-                )  # fmt: skip
-        reg = {
-            "name": record.name,
-            "version": record.version,
-            "champion": champion,
-            "uri": f"models:/{record.name}/{record.version}",
-            "decision": record.tags.get("champion_decision", ""),
-        }
-        write_json_atomic({"fingerprint": fp, **reg}, path)
-        return reg
-
-    inputs = [student.fingerprint, name, s.tracking_uri, eval_fp, metric]
-    out = s.run.stage("register", s.run.registration, REGISTER_VERSION, inputs, register)
-    if out.skipped:
-        out = replace(
-            out, value={k: v for k, v in json.loads(read_text(out.path)).items() if k != "fingerprint"}
-        )
-    return out
+    return registration_stage(
+        s, name, student, lineage, metric=metric, eval_fingerprint=eval_fp, inputs=[eval_fp, metric]
+    )

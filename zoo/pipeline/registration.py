@@ -16,11 +16,15 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from zoo.artifacts import check_artifact
+from zoo.pipeline.cache import StageResult
+from zoo.pipeline.session import Session
+from zoo.pipeline.storage import local_copy, read_text, write_json_atomic
 from zoo.registry import ModelNotFound, ModelRecord, Registry
 
 __all__ = [
@@ -173,3 +177,52 @@ def register_student(
         record = registry.set_alias(name, CHAMPION, record.version)
     log.info("registered %s v%d; champion %s: %s", name, record.version, "moved" if move else "kept", why)
     return record, move
+
+
+REGISTER_VERSION = 1  # of the register stage's record (registration.json)
+
+
+def registration_stage(
+    s: Session,
+    name: str,
+    student: StageResult,
+    lineage: dict[str, Any],
+    *,
+    metric: str,
+    eval_fingerprint: str,
+    not_champion: str | None = None,
+    inputs: Sequence[Any] = (),
+) -> StageResult:
+    """Stage: the trained ``student`` (a stage's network directory) registered as a version of ``name``
+    with its ``lineage`` and the champion rule of `register_student`, for every job that trains one.
+    A rerun that changes nothing registers nothing: the stage is skipped when the student, the name, the
+    store and ``inputs`` are unchanged, and a version already holding this student (its fingerprint tag)
+    is reported instead of a new one even when `registration.json` was lost. The value: name, version,
+    champion, uri, decision."""
+    lineage = {**lineage, "student_fingerprint": student.fingerprint}
+
+    def register(path: Any, fp: str) -> dict[str, Any]:
+        record = registered_version(s.registry, name, student.fingerprint)
+        if record is not None:
+            s.log(f"[register] {name} v{record.version} already holds this student: nothing registered")
+            champion = CHAMPION in record.aliases
+        else:
+            with local_copy(student.path) as d:
+                record, champion = register_student(
+                    s.registry, name, d, lineage=lineage, metric=metric,
+                    eval_fingerprint=eval_fingerprint, not_champion=not_champion,
+                )  # fmt: skip
+        reg = {
+            "name": record.name,
+            "version": record.version,
+            "champion": champion,
+            "uri": f"models:/{record.name}/{record.version}",
+            "decision": record.tags.get("champion_decision", ""),
+        }
+        write_json_atomic({"fingerprint": fp, **reg}, path)
+        return reg
+
+    key = [student.fingerprint, name, s.tracking_uri, *inputs]
+    out = s.run.stage("register", s.run.registration, REGISTER_VERSION, key, register)
+    recorded = json.loads(read_text(out.path))
+    return replace(out, value={k: v for k, v in recorded.items() if k != "fingerprint"})

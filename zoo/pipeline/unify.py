@@ -42,12 +42,12 @@ from zoo.pipeline.datasets import (
 from zoo.pipeline.evaluation import class_groups, evaluate_model, fit_agreement
 from zoo.pipeline.inference import inference_stage, read_logits
 from zoo.pipeline.make_zoo import DEMO_ZOO, ensure_demo_zoo, load_split
-from zoo.pipeline.registration import register_student, registered_version
+from zoo.pipeline.registration import registration_stage
 from zoo.pipeline.report import JobResult, publish
 from zoo.pipeline.session import Session
 from zoo.pipeline.soft_labels import soft_labels_stage
 from zoo.pipeline.spv import demo_spv_data, spv_stage
-from zoo.pipeline.storage import join, local_copy, parquet_metadata, read_text, write_json_atomic
+from zoo.pipeline.storage import join, parquet_metadata
 from zoo.pipeline.sweep import load_sweep_config, run_sweep
 from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
 from zoo.pipeline.training import train_student
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 STUDENT_VERSION = 2  # 2: trained by the shared training core (zoo.train) from (spec, schedule, recipe)
-REGISTER_VERSION = 1
 
 
 @dataclass
@@ -494,38 +493,10 @@ def register_stage(cfg: UnifyConfig, s: Session, inp: UnifyInputs, res: JobResul
         "champion_chosen_on": res.champion_chosen_on,
     }
 
-    def register(path: Any, fp: str) -> dict[str, Any]:
-        record = registered_version(s.registry, cfg.name, student.fingerprint)
-        if record is not None:
-            s.log(f"[register] {cfg.name} v{record.version} already holds this student: nothing registered")
-            champion = "champion" in record.aliases
-        else:
-            with local_copy(student.path) as d:
-                record, champion = register_student(
-                    s.registry, cfg.name, d, lineage=lineage, metric=metric,
-                    eval_fingerprint=chosen_on.fingerprint(), not_champion=not_champion,
-                )  # fmt: skip
-        reg = {
-            "name": record.name,
-            "version": record.version,
-            "champion": champion,
-            "uri": f"models:/{record.name}/{record.version}",
-            "decision": record.tags.get("champion_decision", ""),
-        }
-        write_json_atomic({"fingerprint": fp, **reg}, path)
-        return reg
-
-    out = s.run.stage(
-        "register",
-        s.run.registration,
-        REGISTER_VERSION,
-        [student.fingerprint, cfg.name, s.tracking_uri],
-        register,
-    )
-    if out.skipped:
-        recorded = json.loads(read_text(out.path))
-        out = replace(out, value={k: v for k, v in recorded.items() if k != "fingerprint"})
-    return out
+    return registration_stage(
+        s, cfg.name, student, lineage, metric=metric, eval_fingerprint=chosen_on.fingerprint(),
+        not_champion=not_champion,
+    )  # fmt: skip
 
 
 def champion_yardstick(inp: UnifyInputs) -> tuple[str, LabelledSet]:
