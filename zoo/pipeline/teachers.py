@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.artifacts import ModelSpec
+from zoo.artifacts import InputSpec, ModelSpec
 from zoo.labels import LabelSpace, build_label_space
 from zoo.pipeline import JobError
 from zoo.registry import ModelNotFound, ModelRecord, Registry
@@ -130,3 +130,18 @@ def _fetch(registry: Registry, r: ModelRecord) -> Teacher:
 def label_space(teachers: Sequence[Teacher], synonyms: Mapping[str, str] | None = None) -> LabelSpace:
     """The union label space L_U of the teachers' classes and the mask M[N, L] (paper 001, Sec. 3)."""
     return build_label_space([t.spec.classes for t in teachers], [t.name for t in teachers], synonyms or None)
+
+
+def common_input(specs: Sequence[InputSpec], log: Callable[[str], None]) -> InputSpec:
+    """The student's input contract from the teachers': theirs when they all share one, else the most
+    common (ties: the largest images), said in the log."""
+    counts: dict[InputSpec, int] = {}
+    for spec in specs:
+        counts[spec] = counts.get(spec, 0) + 1
+    best = max(counts, key=lambda x: (counts[x], x.height * x.width, x.channels))
+    if len(counts) > 1:
+        log(
+            f"[student] teachers have {len(counts)} input contracts; the student uses {best} "
+            "(set student_input in the config to choose)"
+        )
+    return best

@@ -49,7 +49,7 @@ from zoo.pipeline.soft_labels import soft_labels_stage
 from zoo.pipeline.spv import demo_spv_data, spv_stage
 from zoo.pipeline.storage import join, parquet_metadata
 from zoo.pipeline.sweep import load_sweep_config, run_sweep
-from zoo.pipeline.teachers import Teacher, label_space, resolve_teachers
+from zoo.pipeline.teachers import Teacher, common_input, label_space, resolve_teachers
 from zoo.pipeline.training import train_student
 from zoo.pipeline.transfer import TransferSource, transfer_stage
 from zoo.pipeline.unify_multilabel import (
@@ -310,21 +310,6 @@ def owner_temperatures(
         )
     log(f"[calibration] owners' temperatures: {json.dumps({k: round(v, 3) for k, v in temps.items()})}")
     return temps
-
-
-def common_input(specs: Sequence[InputSpec], log: Callable[[str], None]) -> InputSpec:
-    """The student's input contract from the teachers': theirs when they all share one, else the most
-    common (ties: the largest images), said in the log."""
-    counts: dict[InputSpec, int] = {}
-    for spec in specs:
-        counts[spec] = counts.get(spec, 0) + 1
-    best = max(counts, key=lambda x: (counts[x], x.height * x.width, x.channels))
-    if len(counts) > 1:
-        log(
-            f"[student] teachers have {len(counts)} input contracts; the student uses {best} "
-            "(set student_input in the config to choose)"
-        )
-    return best
 
 
 # ------------------------------------------------------------------------------------------ stages

@@ -47,7 +47,7 @@ from zoo.pipeline.registration import teachers_tag
 from zoo.pipeline.report import JobResult, publish
 from zoo.pipeline.session import Session
 from zoo.pipeline.storage import parquet_metadata, read_parquet
-from zoo.pipeline.teachers import Teacher, label_space
+from zoo.pipeline.teachers import Teacher, common_input, label_space
 from zoo.pipeline.transfer import TransferSource, load_transfer_images, transfer_stage
 from zoo.train import Schedule
 
@@ -125,9 +125,6 @@ def multilabel_inputs(cfg: UnifyConfig, s: Session, teachers: list[Teacher]) -> 
     """The unification's inputs for multi-label ``teachers`` (resolved by the main job): the union label
     space, the transfer set (``--transfer``), the multi-label eval set (``--eval``: Parquet or a folder
     with labels.csv, its labels in the union) and the student (a multi-label spec)."""
-    # Imported here: zoo.pipeline.unify imports this module at its top (its hook), and this is its rule.
-    from zoo.pipeline.unify import common_input
-
     _refuse_multiclass_settings(cfg, s)
     space = label_space(teachers, cfg.synonyms)
     if cfg.transfer is None:
