@@ -73,7 +73,12 @@ def test_build_register_reload(ray_session, mlflow_uri: str) -> None:
         cal = calibration_from_metadata(rec.spec.metadata)
         assert cal is not None and cal.n == len(t.holdout_indices) == 20 * len(t.classes)
         xh, yh = split.teacher_holdout(i, ds.images_train, ds.labels_train)
-        assert owner_calibration(model, spec, xh, yh) == cal
+        # Recomputed here from the registry's weights: the same up to float rounding (the build ran in
+        # a Ray worker with its own thread count, and the temperature is a numerical fit).
+        again = owner_calibration(model, spec, xh, yh)
+        assert (again.n, again.accuracy, again.score) == (cal.n, cal.accuracy, cal.score)
+        assert again.temperature == pytest.approx(cal.temperature, rel=1e-3)
+        assert again.quantiles == pytest.approx(cal.quantiles, abs=1e-3)
 
     # The split is a versioned MLflow artifact, read back identical.
     back = load_split("syn", mlflow_uri)

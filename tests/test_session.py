@@ -25,14 +25,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_processes_under(tmp: str) -> None:
-    """Ray's daemons (GCS, raylet, log monitors) name their session directory, under ``tmp``, on their
-    command lines; some leave the head's process group, so killing the group is not enough."""
+def _processes_under(tmp: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose command line names ``tmp``: Ray's daemons (GCS,
+    raylet, log monitors) name their session directory there."""
+    found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and tmp in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            if proc.name.isdigit():
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                if tmp in cmdline:
+                    found.append((int(proc.name), cmdline))
+        except OSError:
+            pass
+    return found
+
+
+def _raylet_running(tmp: str) -> bool:
+    return any("raylet" in cmd and "--gcs-address" in cmd for _, cmd in _processes_under(tmp))
+
+
+def _kill_processes_under(tmp: str) -> None:
+    """Some of the head's daemons leave its process group, so killing the group is not enough."""
+    for pid, _ in _processes_under(tmp):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
@@ -55,9 +72,13 @@ def test_a_job_joins_the_ray_start_cluster_running_on_the_machine() -> None:
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 240
-            while subprocess.run(
-                [str(RAY), "status", "--address", address], env=env, capture_output=True, timeout=120
-            ).returncode:
+            # Up: the GCS answers and the head's raylet runs (a job finds a cluster by its raylet).
+            while (
+                not _raylet_running(tmp)
+                or subprocess.run(
+                    [str(RAY), "status", "--address", address], env=env, capture_output=True, timeout=120
+                ).returncode
+            ):
                 assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
                 time.sleep(1)
             code = (
