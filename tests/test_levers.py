@@ -499,17 +499,28 @@ def test_the_soft_labels_stage_propagates_over_the_features_file_with_the_owners
         soft_labels_stage(RunDir(tmp_path / "other").ensure(), logits, recipe, None)
 
 
-def test_job_config_flags_turn_the_levers_on_q_on_and_off():
+def test_job_config_flags_turn_the_levers_on_q_on_and_off(tmp_path):
     from zoo.config import config_from_args, load_config
 
+    plain = tmp_path / "plain.yaml"  # the dataclass's defaults (configs/default.yaml turns levers on)
+    plain.write_text("{}\n")
     on = config_from_args(
-        ["--owner-calibration", "--sharpen", "0", "--propagate", "--estimation-temperature", "1"]
-    )
+        ["--config", str(plain), "--owner-calibration", "--sharpen", "0", "--propagate",
+         "--estimation-temperature", "1"]
+    )  # fmt: skip
     r = on.recipe(["t0", "t1"], {"t0": 2.0})
     assert r.teacher_temperatures == (2.0, 1.0) and r.sharpen == 0 and r.propagation == Propagation()
     assert r.q_temperature == 1.0
-    off = config_from_args(["--no-owner-calibration", "--no-propagate", "--sharpen", "1"])
+    off = config_from_args(
+        ["--config", str(plain), "--no-owner-calibration", "--no-propagate", "--sharpen", "1"]
+    )
     assert off.recipe(["t0", "t1"], {"t0": 2.0}) == Recipe()
+    # the embedded default: the owners' temperatures and q at T = 1 (issue 18's measurement)
+    default = config_from_args([]).recipe(["t0", "t1"], {"t0": 2.0})
+    assert default.teacher_temperatures == (2.0, 1.0) and default.q_temperature == 1.0
+    assert default.temperature == 3.0 and default.propagation is None and default.sharpen == 1.0
+    off = config_from_args(["--no-owner-calibration", "--estimation-temperature", "3"])
+    assert off.recipe(["t0", "t1"], {"t0": 2.0}).replace(estimation_temperature=None) == Recipe()
     # the config's own temperatures win over the owners'; bp leaves the levers on q off
     cfg = load_config(
         overrides={"owner_calibration": True, "teacher_temperatures": {"t0": 5.0}, "sharpen": 0}

@@ -116,8 +116,8 @@ def _refuse_multiclass_settings(cfg: UnifyConfig, s: Session) -> None:
         )
     s.log(
         "[teachers] multi-label teachers: the student learns the mean of the knowing teachers' "
-        "probabilities per label (T = 1); method, mode, temperature, SPV and min_agreement are for "
-        "multi-class teachers"
+        "probabilities per label (T = 1); method, mode, temperature, the levers on q, SPV and "
+        "min_agreement are for multi-class teachers"
     )
 
 
