@@ -559,3 +559,13 @@ def test_the_sweep_carries_the_levers_and_reads_the_features_of_its_training_ima
     )
     assert trial.propagation == Propagation(k=4) and trial.sharpen == 0.0
     assert train_trial(data, spec, _schedule(1, 0.1), trial)[-1]["train_loss"] > 0
+
+
+def test_the_summary_names_the_levers_on_q():
+    """The job's summary says which levers on q its recipe used (the default turns two on)."""
+    from zoo.pipeline.report import _levers_line
+
+    assert _levers_line(Recipe()) == [] and _levers_line(Recipe(teacher_temperatures=(1.0, 1.0))) == []
+    line = _levers_line(Recipe(teacher_temperatures=(1.2, 1.0), estimation_temperature=1.0, sharpen=0.5))
+    expected = "per-teacher temperatures 1.20, 1.00, q estimated at T=1, sharpened (tau 0.5)"
+    assert line == [f"levers on q: {expected}"]

@@ -89,6 +89,17 @@ def _stage_facts(stage: StageResult) -> dict[str, Any]:
     return {"skipped": stage.skipped, "seconds": round(stage.seconds, 2), **split}
 
 
+def _levers_line(r: Any) -> list[str]:
+    """The levers on q a unification recipe turns on (issue 18), as one line of the summary, or none."""
+    temps = getattr(r, "teacher_temperatures", None) or ()
+    on = [f"per-teacher temperatures {', '.join(f'{t:.2f}' for t in temps)}"] if set(temps) - {1.0} else []
+    q_t = getattr(r, "estimation_temperature", None)
+    on += [f"q estimated at T={q_t:g}"] if q_t is not None and q_t != r.temperature else []
+    on += ["propagation over the teachers' features"] if getattr(r, "propagation", None) else []
+    on += [f"sharpened (tau {r.sharpen:g})"] if getattr(r, "sharpen", 1.0) != 1.0 else []
+    return [f"levers on q: {', '.join(on)}"] if on else []
+
+
 def format_summary(res: JobResult) -> str:
     """The table printed at the end: teachers, recipe, accuracies per class group, where to look."""
     lines = [
@@ -106,6 +117,7 @@ def format_summary(res: JobResult) -> str:
         THIN,
         f"method {r.method}, mode {r.mode}, T={r.temperature:g}, student {res.arch}, "
         f"{res.schedule.epochs} epochs",
+        *_levers_line(r),
         f"config selected by {res.selected_by}",
         "",
     ]
